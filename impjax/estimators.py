@@ -1,0 +1,169 @@
+"""Estimators: optax-style ``init``/``update`` pairs that accumulate a statistic over steps.
+
+``update(state, params, grads, axis_name=None)`` returns ``(estimate, new_state)``. With
+``axis_name`` set, the per-step statistic is averaged across that mapped axis
+(``lax.pmean``) first, so every device holds the same estimate.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import estimators, scores
+  >>> est = estimators.running_mean(lambda p, g: scores.fisher(g))
+  >>> params = {"w": jnp.zeros(1)}
+  >>> s = est.init(params)
+  >>> _, s = est.update(s, params, {"w": jnp.array([1.0])})
+  >>> value, s = est.update(s, params, {"w": jnp.array([3.0])})
+  >>> value["w"].tolist()
+  [5.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from tqdm.auto import tqdm
+
+Statistic = Callable[[Any, Any], Any]
+
+
+class Estimator(NamedTuple):
+  """A pair of pure functions, like ``optax.GradientTransformation``."""
+  init: Callable[[Any], Any]
+  update: Callable[..., tuple[Any, Any]]
+
+
+class EmaState(NamedTuple):
+  count: jax.Array
+  value: Any
+
+
+class RunningMeanState(NamedTuple):
+  count: jax.Array
+  value: Any
+
+
+class SumState(NamedTuple):
+  count: jax.Array
+  value: Any
+
+
+def _zeros(statistic: Statistic, params: Any) -> Any:
+  shapes = jax.eval_shape(statistic, params, params)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+
+def _observe(statistic: Statistic, params, grads, axis_name):
+  stat = jax.tree.map(lambda x: x.astype(jnp.float32), statistic(params, grads))
+  if axis_name is not None:
+    stat = lax.pmean(stat, axis_name)
+  return stat
+
+
+def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True) -> Estimator:
+  """Exponential moving average ``v <- decay * v + (1 - decay) * stat`` (Adam-style debias).
+
+  Example:
+    >>> est = ema(lambda p, g: g, decay=0.5)
+    >>> s = est.init({"w": jnp.zeros(1)})
+    >>> v, s = est.update(s, None, {"w": jnp.array([2.0])})
+    >>> v["w"].tolist()
+    [2.0]
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"ema decay must lie in [0, 1), got {decay}.")
+
+  def init(params):
+    return EmaState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+
+  def update(state, params, grads=None, axis_name=None):
+    stat = _observe(statistic, params, grads, axis_name)
+    value = jax.tree.map(lambda v, s: decay * v + (1.0 - decay) * s, state.value, stat)
+    count = state.count + 1
+    if debias:
+      correction = 1.0 - decay ** count.astype(jnp.float32)
+      estimate = jax.tree.map(lambda v: v / correction, value)
+    else:
+      estimate = value
+    return estimate, EmaState(count, value)
+
+  return Estimator(init, update)
+
+
+def running_mean(statistic: Statistic) -> Estimator:
+  """Exact mean of the statistic over all updates so far (calibration sets).
+
+  Example:
+    >>> est = running_mean(lambda p, g: g)
+    >>> s = est.init({"w": jnp.zeros(1)})
+    >>> _, s = est.update(s, None, {"w": jnp.array([1.0])})
+    >>> est.update(s, None, {"w": jnp.array([2.0])})[0]["w"].tolist()
+    [1.5]
+  """
+  def init(params):
+    return RunningMeanState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+
+  def update(state, params, grads=None, axis_name=None):
+    stat = _observe(statistic, params, grads, axis_name)
+    count = state.count + 1
+    value = jax.tree.map(lambda v, s: v + (s - v) / count.astype(jnp.float32), state.value, stat)
+    return value, RunningMeanState(count, value)
+
+  return Estimator(init, update)
+
+
+def sum(statistic: Statistic) -> Estimator:  # pylint: disable=redefined-builtin
+  """Running sum of the statistic (movement pruning accumulates ``-w * g`` this way).
+
+  Example:
+    >>> est = sum(lambda p, g: g)
+    >>> s = est.init({"w": jnp.zeros(1)})
+    >>> _, s = est.update(s, None, {"w": jnp.array([1.0])})
+    >>> est.update(s, None, {"w": jnp.array([2.0])})[0]["w"].tolist()
+    [3.0]
+  """
+  def init(params):
+    return SumState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+
+  def update(state, params, grads=None, axis_name=None):
+    stat = _observe(statistic, params, grads, axis_name)
+    value = jax.tree.map(jnp.add, state.value, stat)
+    return value, SumState(state.count + 1, value)
+
+  return Estimator(init, update)
+
+
+BY_NAME = {"ema": ema, "running_mean": running_mean, "sum": sum}
+
+
+def calibrate(estimator: Estimator, params: Any, batches: Iterable[Any],
+              grad_fn: Callable[[Any, Any], Any], *, total: int | None = None,
+              progress: bool = True) -> Any:
+  """Runs ``estimator`` over a calibration set and returns the final estimate.
+
+  Args:
+    estimator: an :class:`Estimator`.
+    params: the (fixed) parameters.
+    batches: an iterable of batches.
+    grad_fn: ``(params, batch) -> grads``; it is jitted together with the update.
+    total: number of batches, for the progress bar.
+    progress: show a progress bar.
+
+  Example:
+    >>> est = running_mean(lambda p, g: g)
+    >>> grad_fn = lambda p, b: {"w": b}
+    >>> calibrate(est, {"w": jnp.zeros(1)}, [jnp.ones(1), 3 * jnp.ones(1)], grad_fn,
+    ...           progress=False)["w"].tolist()
+    [2.0]
+  """
+  @jax.jit
+  def step(state, batch):
+    return estimator.update(state, params, grad_fn(params, batch))
+
+  state, estimate = estimator.init(params), None
+  for batch in tqdm(batches, total=total, desc="calibrate", disable=not progress):
+    estimate, state = step(state, batch)
+  if estimate is None:
+    raise ValueError("calibrate got no batches.")
+  return estimate

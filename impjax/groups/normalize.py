@@ -1,0 +1,49 @@
+"""Per-leaf normalizers of group scores, applied before a global selection.
+
+Reference: Lee et al. 2021, "Layer-adaptive Sparsity for the Magnitude-based Pruning" (LAMP):
+``score(u) = s_u / sum_{v: s_v >= s_u} s_v`` over a leaf's scores sorted ascending.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import groups
+  >>> groups.normalize({"k": jnp.array([1.0, 3.0])}, "max")["k"].tolist()
+  [0.3333333432674408, 1.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+NORMALIZERS = ("none", "l2", "max", "lamp")
+_TINY = 1e-30
+
+
+def lamp(scores: jnp.ndarray) -> jnp.ndarray:
+  """LAMP scores of a flat vector (ties keep their original order)."""
+  order = jnp.argsort(scores, stable=True)
+  sorted_scores = scores[order]
+  tail = jnp.cumsum(sorted_scores[::-1])[::-1]
+  return jnp.zeros_like(scores).at[order].set(sorted_scores / jnp.maximum(tail, _TINY))
+
+
+def normalize_leaf(scores: jnp.ndarray, how: str) -> jnp.ndarray:
+  """Normalizes one leaf's flat group scores."""
+  if how == "none" or scores.size == 0:
+    return scores
+  if how == "l2":
+    return scores / jnp.maximum(jnp.linalg.norm(scores), _TINY)
+  if how == "max":
+    return scores / jnp.maximum(jnp.max(scores), _TINY)
+  if how == "lamp":
+    return lamp(scores)
+  raise ValueError(f"Unknown normalizer '{how}'. Known: {NORMALIZERS}.")
+
+
+def normalize(group_scores: Any, how: str = "none") -> Any:
+  """Applies ``normalize_leaf`` to every leaf."""
+  if how not in NORMALIZERS:
+    raise ValueError(f"Unknown normalizer '{how}'. Known: {NORMALIZERS}.")
+  return jax.tree.map(lambda s: normalize_leaf(s, how), group_scores)

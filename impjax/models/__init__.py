@@ -1,0 +1,6 @@
+"""Flax NNX models: an MLP and a small CNN."""
+
+from impjax.models.cnn import CNN
+from impjax.models.mlp import MLP, num_params
+
+__all__ = ["CNN", "MLP", "num_params"]

@@ -1,0 +1,11 @@
+"""Select: decisions from importance — exact top-k, thresholds, N:M, allocation, masks."""
+
+from impjax.select.allocation import erk, uniform
+from impjax.select.masks import masks
+from impjax.select.n_of_m import n_of_m, n_of_m_leaf
+from impjax.select.topk import Scope, num_to_prune, prune_lowest, sortable_keys, threshold, topk
+
+__all__ = [
+    "erk", "uniform", "masks", "n_of_m", "n_of_m_leaf", "Scope", "num_to_prune",
+    "prune_lowest", "sortable_keys", "threshold", "topk",
+]

@@ -1,0 +1,72 @@
+"""From importance to element masks: group, normalize, select, expand — one pure function.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import groups, scores, select
+  >>> params = {"d": {"kernel": jnp.array([[1.0, -3.0], [2.0, 0.5]])}}
+  >>> plan = groups.plan(params, [("kernel", groups.neurons(-1))])
+  >>> select.masks(scores.magnitude(params), plan, 0.5)["d"]["kernel"].tolist()
+  [[False, True], [False, True]]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from impjax import groups
+from impjax import tree_utils
+from impjax.select import n_of_m as n_of_m_lib
+from impjax.select import topk as topk_lib
+
+
+def masks(importance: Any, the_plan: Any, sparsity: Any, *, scope: topk_lib.Scope = "global",
+          reduce: str = "sum", normalizer: str = "none", previous: Any = None) -> Any:
+  """Element keep-masks for ``importance`` under ``the_plan``.
+
+  Leaves planned as ``n_of_m`` get N:M masks; the other prunable leaves are reduced to group
+  scores, normalized per leaf, and pruned together by :func:`topk` with ``sparsity`` and
+  ``scope``. Dense leaves get a scalar ``True``.
+
+  Args:
+    importance: importance pytree, like the params.
+    the_plan: granularity tree from :func:`impjax.groups.plan`.
+    sparsity: scalar fraction of prunable units to prune (may be traced), or with
+      ``scope="local"`` a tree of per-leaf fractions.
+    scope: ``"global"``, ``"local"`` or a callable path -> scope name.
+    reduce: group reduction (``sum``, ``mean``, ``max``, ``l2``).
+    normalizer: per-leaf normalizer (``none``, ``l2``, ``max``, ``lamp``).
+    previous: optional earlier keep-masks; units they pruned rank below every other unit, so
+      they stay pruned while the sparsity does not shrink.
+
+  Returns:
+    Bool masks broadcastable to each leaf of ``importance``.
+  """
+  tree_utils.check_same_structure(the_plan, importance, names=("plan", "importance"),
+                                  shapes=False)
+  tree_utils.check_finite(importance, what="importance")
+  grouped = jax.tree.map(
+      lambda s, g: s[:0].reshape(-1) if g.kind == "n_of_m" else groups.reduce_leaf(s, g, reduce),
+      importance, the_plan)
+  grouped = groups.normalize(grouped, normalizer)
+  if previous is not None:
+    grouped = jax.tree.map(_rank_pruned_last, grouped, the_plan, previous, importance)
+  group_masks = topk_lib.topk(grouped, sparsity, scope=scope)
+
+  def leaf(s, g, m):
+    if g.kind == "n_of_m":
+      return n_of_m_lib.n_of_m_leaf(s, g.n, g.m, g.axis)
+    return groups.expand_leaf(m, g, np.shape(s))
+  return jax.tree.map(leaf, importance, the_plan, group_masks)
+
+
+def _rank_pruned_last(group_scores, g, previous_mask, leaf):
+  """Gives units that ``previous_mask`` pruned the lowest finite score."""
+  if group_scores.size == 0:
+    return group_scores
+  full = jnp.broadcast_to(previous_mask, np.shape(leaf)).astype(jnp.float32)
+  alive = groups.reduce_leaf(full, g, "max") > 0
+  return jnp.where(alive, group_scores, -jnp.finfo(jnp.float32).max)

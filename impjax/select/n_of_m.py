@@ -1,0 +1,48 @@
+"""N:M selection: keep exactly ``n`` of every ``m`` consecutive weights along an axis.
+
+Reference: Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks" (2:4 on Ampere);
+Zhou et al. 2021, "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch".
+For Flax kernels ``(in, out)`` the contraction axis is 0. Ties are broken by position: the
+earlier weight of a group is pruned first.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import select
+  >>> select.n_of_m({"k": jnp.array([[1.0], [4.0], [3.0], [2.0]])}, 2, 4)["k"][:, 0].tolist()
+  [False, True, True, False]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from impjax import tree_utils
+from impjax.groups import granularity as gran
+
+
+def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
+  """Keep-mask of one array with exactly ``n`` kept in each group of ``m`` along ``axis``."""
+  moved = jnp.moveaxis(scores, axis, -1)
+  grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+  rank = jnp.argsort(jnp.argsort(grouped, axis=-1, stable=True), axis=-1, stable=True)
+  keep = (rank >= m - n).reshape(moved.shape)
+  return jnp.moveaxis(keep, -1, axis)
+
+
+def n_of_m(scores: Any, n: int, m: int, axis: int = 0) -> Any:
+  """N:M keep-masks for every leaf; fails naming the leaf whose axis ``m`` does not divide.
+
+  Example:
+    >>> n_of_m({"k": jnp.arange(8.0).reshape(8, 1)}, 1, 4)["k"].sum().tolist()
+    2
+  """
+  g = gran.n_of_m(n, m, axis)
+  tree_utils.check_finite(scores, what="scores")
+
+  def leaf(path, s):
+    gran.check_leaf(s.shape, g, path)
+    return n_of_m_leaf(s, n, m, axis)
+  return tree_utils.map_with_path(leaf, scores)

@@ -1,0 +1,108 @@
+"""Pytree helpers shared by every stage: readable key paths and early, path-naming checks.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import tree_utils
+  >>> tree_utils.path_names({"dense": {"kernel": jnp.ones((2, 2))}})
+  ['dense/kernel']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def path_str(path: tuple) -> str:
+  """Joins a jax key path into ``"a/b/0/kernel"`` (NNX's trailing ``.value`` is dropped)."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      if key.name != "value":
+        parts.append(key.name)
+    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(key.key))
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def path_names(tree: Any) -> list[str]:
+  """The path string of every leaf of ``tree``, in flattening order."""
+  return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def map_with_path(fn, tree: Any, *rest: Any, is_leaf=None) -> Any:
+  """``jax.tree.map`` where ``fn`` receives the leaf's path string first."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, *xs: fn(path_str(p), *xs), tree, *rest, is_leaf=is_leaf)
+
+
+def is_concrete(x: Any) -> bool:
+  """True when ``x`` holds values (not a tracer), so value checks can run eagerly."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str],
+                         shapes: bool = True) -> None:
+  """Raises ``ValueError`` naming the leaf paths where two trees (or, with ``shapes``, leaf
+  shapes) differ.
+  """
+  ref_paths = path_names(reference)
+  other_paths = path_names(other)
+  if ref_paths == other_paths:
+    if not shapes:
+      return
+    ref_leaves, other_leaves = jax.tree.leaves(reference), jax.tree.leaves(other)
+    for path, a, b in zip(ref_paths, ref_leaves, other_leaves):
+      if np.shape(a) != np.shape(b):
+        raise ValueError(f"{names[1]} leaf '{path}' has shape {np.shape(b)}, "
+                         f"but {names[0]} has {np.shape(a)}.")
+    return
+  missing = [p for p in ref_paths if p not in set(other_paths)]
+  extra = [p for p in other_paths if p not in set(ref_paths)]
+  detail = []
+  if missing:
+    detail.append(f"missing in {names[1]}: {missing[:5]}")
+  if extra:
+    detail.append(f"not in {names[0]}: {extra[:5]}")
+  if not detail:
+    detail.append("leaves in a different order or container types differ")
+  raise ValueError(f"{names[0]} and {names[1]} have different tree structures ("
+                   + "; ".join(detail) + ").")
+
+
+def check_finite(tree: Any, *, what: str) -> None:
+  """Raises ``ValueError`` naming every leaf with NaN or Inf values (concrete arrays only).
+
+  Traced leaves are skipped: inside ``jit`` the transforms guard themselves instead.
+  """
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if leaf is None or not is_concrete(leaf):
+      continue
+    if not bool(jnp.all(jnp.isfinite(leaf))):
+      bad.append(path_str(path))
+  if bad:
+    raise ValueError(f"{what} has non-finite values (NaN or Inf) at leaf path(s): {bad}.")
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """A traced-friendly scalar bool: every leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def check_fraction(value: Any, *, what: str) -> None:
+  """Raises ``ValueError`` unless a concrete ``value`` lies in [0, 1]."""
+  if is_concrete(value):
+    v = np.asarray(value)
+    if not np.all((v >= 0.0) & (v <= 1.0)):
+      raise ValueError(f"{what} must lie in [0, 1], got {value}.")
