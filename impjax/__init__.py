@@ -1,7 +1,9 @@
 """impjax: which parts of a JAX model matter, and acting on the answer.
 
 Five pure stages — ``scores`` -> ``estimators`` -> ``groups`` -> ``select`` -> ``transforms`` —
-plus ``schedules``, Flax models and helpers, a shipped dataset, and orbax checkpointing.
+plus ``schedules``, ``flax`` helpers and ``models``. The dataset (``impjax.data``), the main job
+(``impjax.train``), checkpoints (``impjax.checkpoint``) and plots (``impjax.viz``) are imported
+on demand, as they pull in tensorflow-datasets, orbax and matplotlib.
 
 Example:
   >>> import jax.numpy as jnp, impjax as ij
@@ -12,7 +14,9 @@ Example:
 """
 
 from impjax import estimators
+from impjax import flax
 from impjax import groups
+from impjax import models
 from impjax import schedules
 from impjax import scores
 from impjax import select
@@ -21,4 +25,4 @@ from impjax import tree_utils
 
 __version__ = "0.1.0"
 
-__all__ = ["estimators", "groups", "schedules", "scores", "select", "transforms", "tree_utils"]
+__all__ = ["estimators", "flax", "groups", "models", "schedules", "scores", "select", "transforms", "tree_utils"]

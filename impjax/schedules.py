@@ -57,10 +57,13 @@ def polynomial(initial: float, final: float, begin_step: int, end_step: int,
   """
   _check(final, begin_step, end_step, frequency)
   tree_utils.check_fraction(initial, what="initial sparsity")
-  span = max(end_step - begin_step, 1)
+  span = end_step - begin_step
 
   def sparsity(t):
-    progress = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step) / span, 0.0, 1.0)
+    if span:
+      progress = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step) / span, 0.0, 1.0)
+    else:  # begin_step == end_step: jump to ``final`` at that (update) step
+      progress = jnp.ones((), jnp.float32)
     value = final + (initial - final) * (1.0 - progress) ** power
     return jnp.where(jnp.asarray(t) >= begin_step, value, 0.0).astype(jnp.float32)
 

@@ -77,6 +77,7 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
   config.pruning.end_step = 3000
   config.pruning.frequency = 100
   config.pruning.granularity = "element"  # element|neurons|N:M such as 2:4
+  config.pruning.keep_dense = ""          # regex of kernel paths left dense, e.g. "convs/0/"
   config.pruning.scope = "global"         # global|local
   config.pruning.allocation = ""          # ""|uniform|erk (erk/uniform need scope=local)
   config.pruning.ema_decay = 0.99
@@ -110,18 +111,23 @@ def build_model(config: ml_collections.ConfigDict, example: np.ndarray, num_clas
   raise ValueError(f"Unknown model {config.model!r}: use 'mlp' or 'cnn'.")
 
 
-def build_rules(granularity: str) -> groups.Rules:
-  """Path rules pruning every kernel at ``granularity`` (``element``, ``neurons``, ``N:M``)."""
+def build_rules(granularity: str, keep_dense: str = "") -> groups.Rules:
+  """Path rules pruning every kernel at ``granularity`` (``element``, ``neurons``, ``N:M``).
+
+  N:M groups run along axis -2, the contraction (input) axis of Flax Dense ``(in, out)`` and
+  Conv ``(h, w, in, out)`` kernels. Kernels matching the ``keep_dense`` regex stay dense.
+  """
   if granularity == "element":
     unit = groups.element()
   elif granularity == "neurons":
     unit = groups.neurons(axis=-1)
   elif ":" in granularity:
     n, m = (int(v) for v in granularity.split(":"))
-    unit = groups.n_of_m(n, m, axis=0)
+    unit = groups.n_of_m(n, m, axis=-2)
   else:
     raise ValueError(f"Unknown granularity {granularity!r}: element, neurons or N:M.")
-  return (groups.DEFAULT_RULES[0], (r"(^|/)kernel$", unit))
+  dense = ((keep_dense, groups.DENSE),) if keep_dense else ()
+  return dense + (groups.DEFAULT_RULES[0], (r"(^|/)kernel$", unit))
 
 
 def build_schedule(pruning: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -145,7 +151,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
   return transforms.masked(
       optax.adamw(config.learning_rate, weight_decay=config.weight_decay),
       build_schedule(pruning), pruning.criterion,
-      rules=build_rules(pruning.granularity), scope=pruning.scope,
+      rules=build_rules(pruning.granularity, pruning.keep_dense), scope=pruning.scope,
       allocation=pruning.allocation or None,
       estimator=lambda stat: (estimators.sum(stat) if pruning.criterion == "movement"
                               else estimators.ema(stat, decay=pruning.ema_decay)))

@@ -88,7 +88,7 @@ def check_finite(tree: Any, *, what: str) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if leaf is None or not is_concrete(leaf):
       continue
-    if not bool(jnp.all(jnp.isfinite(leaf))):
+    if not np.all(np.isfinite(np.asarray(leaf))):
       bad.append(path_str(path))
   if bad:
     raise ValueError(f"{what} has non-finite values (NaN or Inf) at leaf path(s): {bad}.")

@@ -1,0 +1,5 @@
+"""Flax integration: masks from NNX optimizers and Linen train states; in-place pruning."""
+
+from impjax.flax.masks import masks_of, prune_model
+
+__all__ = ["masks_of", "prune_model"]

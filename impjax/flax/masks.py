@@ -1,0 +1,50 @@
+"""Flax glue for masking: read the masks of an NNX ``Optimizer``, a Linen ``TrainState`` or a
+raw optax state, and prune an NNX model in place.
+
+``impjax.transforms.masked`` is an ordinary optax transformation, so it drops into
+``nnx.Optimizer(model, tx, wrt=nnx.Param)`` and ``TrainState.create(..., tx=tx)`` unchanged;
+these helpers only read its state back out.
+
+Example:
+  >>> import jax.numpy as jnp, optax
+  >>> from flax import nnx
+  >>> import impjax as ij
+  >>> model = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+  >>> tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude")
+  >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  >>> grads = nnx.grad(lambda m: m(jnp.ones((1, 4))).sum())(model)
+  >>> _ = optimizer.update(model, grads)
+  >>> int(ij.flax.masks_of(optimizer)["kernel"].sum()), int((model.kernel[...] == 0).sum())
+  (4, 4)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from impjax.transforms import masking
+
+
+def masks_of(holder: Any) -> Any:
+  """Keep-masks held by an ``nnx.Optimizer``, a Linen ``TrainState`` or an optax state."""
+  if isinstance(holder, nnx.Optimizer):
+    opt_state = nnx.as_pure(holder.opt_state)
+  else:
+    opt_state = getattr(holder, "opt_state", holder)
+  return masking.find_masked_state(opt_state).masks
+
+
+def prune_model(model: nnx.Module, masks: Any) -> None:
+  """Zeroes the pruned parameters of an NNX model in place.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> m = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    >>> prune_model(m, {"kernel": jnp.array([[True], [False]]), "bias": jnp.array(True)})
+    >>> float(m.kernel[1, 0])
+    0.0
+  """
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  nnx.update(model, masking.apply_masks(params, masks))

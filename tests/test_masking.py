@@ -1,0 +1,277 @@
+"""The masking transform: exact counts, zeros kept through optimizers, schedules, estimators,
+non-finite guards, and use from NNX and Linen train steps."""
+
+import functools
+
+import chex
+from flax import nnx
+from flax.training import train_state
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import impjax as ij
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 8)), jnp.float32),
+               "bias": jnp.asarray(rng.normal(size=8), jnp.float32)},
+      "dense": {"kernel": jnp.asarray(rng.normal(size=(16, 12)), jnp.float32),
+                "bias": jnp.asarray(rng.normal(size=12), jnp.float32)},
+      "head": {"kernel": jnp.asarray(rng.normal(size=(12, 4)), jnp.float32)},
+  }
+
+
+def random_grads(params, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+
+KERNELS = ("conv/kernel", "dense/kernel", "head/kernel")
+
+
+def flat(tree):
+  return dict(zip(ij.tree_utils.path_names(tree), jax.tree.leaves(tree)))
+
+
+def kernel_sizes(params):
+  return sum(v.size for k, v in flat(params).items() if k in KERNELS)
+
+
+def test_apply_masks_matches_numpy():
+  params = make_params()
+  masks = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(1).random(p.shape) > 0.5),
+                       params)
+  out = ij.transforms.apply_masks(params, masks)
+  for k, v in flat(out).items():
+    np.testing.assert_array_equal(v, np.where(flat(masks)[k], flat(params)[k], 0.0))
+  chex.assert_trees_all_equal(jax.jit(ij.transforms.apply_masks)(params, masks), out)
+
+
+@pytest.mark.parametrize("inner", [
+    optax.adam(1e-2), optax.sgd(1e-2, momentum=0.9), optax.adamw(1e-2, weight_decay=0.1)],
+    ids=["adam", "momentum", "adamw"])
+def test_pruned_weights_stay_exactly_zero_and_count_is_exact(inner):
+  params = make_params()
+  sched = ij.schedules.polynomial(0.0, 0.8, begin_step=2, end_step=12, frequency=2)
+  tx = ij.transforms.masked(inner, sched, "magnitude")
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  n = kernel_sizes(params)
+  previous = None
+  for step in range(16):
+    updates, state = update(random_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+    masks = state.masks
+    pruned = sum(int((~flat(masks)[k]).sum()) for k in KERNELS)
+    expected = int(np.floor(float(sched.sparsity(step)) * n + 0.5)) if step >= 2 else 0
+    if bool(sched.is_update_step(step)) or step < 2:
+      assert pruned == expected
+    for k in KERNELS:
+      w, m = np.asarray(flat(params)[k]), np.asarray(flat(masks)[k])
+      assert np.all(w[~m] == 0.0), (step, k)
+      assert np.all(w[m] != 0.0)
+    assert all(np.ndim(flat(masks)[k]) == 0 for k in ("conv/bias", "dense/bias"))
+    if previous is not None:  # no regrowth by default
+      for k in KERNELS:
+        assert not np.any(np.asarray(flat(masks)[k]) & ~np.asarray(flat(previous)[k]))
+    previous = masks
+  assert pruned == int(np.floor(0.8 * n + 0.5))
+
+
+def test_eager_and_jit_updates_agree():
+  params = make_params()
+  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.6, step=1), "taylor")
+  s_eager = s_jit = tx.init(params)
+  p_eager = p_jit = params
+  for step in range(3):
+    grads = random_grads(params, step)
+    u, s_eager = tx.update(grads, s_eager, p_eager)
+    p_eager = optax.apply_updates(p_eager, u)
+    u, s_jit = jax.jit(tx.update)(grads, s_jit, p_jit)
+    p_jit = optax.apply_updates(p_jit, u)
+  chex.assert_trees_all_equal(s_eager.masks, s_jit.masks)
+  chex.assert_trees_all_close(p_eager, p_jit, rtol=1e-6, atol=1e-6)
+
+
+def test_obd_masks_follow_numpy_ema_fisher_reference():
+  params = make_params()
+  decay, steps = 0.5, 4
+  tx = ij.transforms.masked(optax.sgd(0.0), ij.schedules.one_shot(0.5, step=steps - 1), "obd",
+                            estimator=functools.partial(ij.estimators.ema, decay=decay))
+  state = tx.init(params)
+  ema = {k: np.zeros(v.shape) for k, v in flat(params).items()}
+  for step in range(steps):
+    grads = random_grads(params, 100 + step)
+    for k, g in flat(grads).items():
+      ema[k] = decay * ema[k] + (1 - decay) * np.asarray(g, np.float64) ** 2
+    _, state = jax.jit(tx.update)(grads, state, params)
+  correction = 1 - decay ** steps
+  scores = {k: 0.5 * np.asarray(flat(params)[k], np.float64) ** 2 * ema[k] / correction
+            for k in KERNELS}
+  allv = np.concatenate([scores[k].ravel() for k in KERNELS])
+  k_prune = int(np.floor(0.5 * allv.size + 0.5))
+  cut = np.sort(allv)[k_prune - 1]
+  for k in KERNELS:
+    m = np.asarray(flat(state.masks)[k])
+    # Away from the cut (float32 vs float64), the decision must match the reference.
+    clear = np.abs(scores[k] - cut) > 1e-5 * abs(cut)
+    np.testing.assert_array_equal(m[clear], (scores[k] > cut)[clear])
+
+
+def test_neurons_and_n_of_m_granularities_in_the_optimizer():
+  params = make_params()
+  rules = [(r"dense/kernel$", ij.groups.neurons(-1)), (r"head/kernel$", ij.groups.n_of_m(2, 4))]
+  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude", rules=rules)
+  state = tx.init(params)
+  updates, state = tx.update(random_grads(params, 0), state, params)
+  params = optax.apply_updates(params, updates)
+  dense = np.asarray(state.masks["dense"]["kernel"])
+  assert np.all(dense.all(axis=0) | ~dense.any(axis=0))  # whole columns
+  assert (~dense.all(axis=0)).sum() == 6  # 50% of 12 output units
+  head = np.asarray(state.masks["head"]["kernel"])
+  np.testing.assert_array_equal(head.reshape(3, 4, 4).sum(axis=1), 2)
+  assert np.ndim(state.masks["conv"]["kernel"]) == 0  # unmatched leaves stay dense
+  assert np.all(np.asarray(params["head"]["kernel"])[~head] == 0)
+
+
+def test_erk_allocation_gives_per_leaf_budgets():
+  params = make_params()
+  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.7), "magnitude",
+                            scope="local", allocation="erk")
+  state = tx.init(params)
+  _, state = tx.update(random_grads(params, 0), state, params)
+  plan = ij.groups.plan(params)
+  budgets = flat(ij.select.erk(params, plan, 0.7))
+  for k in KERNELS:
+    m = np.asarray(flat(state.masks)[k])
+    assert (~m).sum() == int(np.floor(budgets[k] * m.size + 0.5))
+  with pytest.raises(ValueError, match="scope='local'"):
+    ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.7), allocation="erk")
+
+
+def test_nonfinite_gradients_fail_eagerly_naming_the_leaf():
+  params = make_params()
+  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "fisher")
+  state = tx.init(params)
+  grads = random_grads(params, 0)
+  grads["dense"]["kernel"] = grads["dense"]["kernel"].at[0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="dense/kernel"):
+    tx.update(grads, state, params)
+
+
+def test_nonfinite_gradients_never_poison_masks_under_jit():
+  params = make_params()
+  tx = ij.transforms.masked(optax.sgd(0.0), ij.schedules.polynomial(0.0, 0.5, 0, 4, 1), "fisher")
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  _, state = update(random_grads(params, 0), state, params)
+  bad = random_grads(params, 1)
+  bad["conv"]["kernel"] = bad["conv"]["kernel"].at[0, 0, 0, 0].set(jnp.inf)
+  _, after = update(bad, state, params)
+  chex.assert_trees_all_equal(after.masks, state.masks)
+  chex.assert_trees_all_equal(after.estimator_state, state.estimator_state)
+  assert int(after.skipped_nonfinite) == 1
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(after.estimator_state.value))
+
+
+def test_bad_calls_fail_with_clear_messages():
+  params = make_params()
+  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5))
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(random_grads(params, 0), state)
+  grads = random_grads(params, 0)
+  del grads["head"]
+  with pytest.raises(ValueError, match="head/kernel"):
+    tx.update(grads, state, params)
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    ij.schedules.one_shot(1.5)
+  with pytest.raises(ValueError, match="dense/kernel"):
+    ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5),
+                         rules=[("dense/kernel", ij.groups.n_of_m(2, 5))]).init(params)
+
+
+def test_composes_in_chain_and_sparsity_report():
+  params = make_params()
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.25), "taylor"))
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(random_grads(params, 3), state, params)
+  params = optax.apply_updates(params, updates)
+  masks = ij.transforms.find_masked_state(state).masks
+  report = ij.transforms.sparsity_report(masks, params)
+  assert set(report) == set(KERNELS) | {"global"}
+  assert report["global"] == pytest.approx(int(np.floor(0.25 * kernel_sizes(params) + 0.5))
+                                           / kernel_sizes(params))
+  zeros = sum(int((np.asarray(flat(params)[k]) == 0).sum()) for k in KERNELS)
+  assert zeros / kernel_sizes(params) == pytest.approx(report["global"])
+
+
+def _digits_batch():
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.normal(size=(32, 8, 8, 1)), jnp.float32), jnp.asarray(
+      rng.integers(0, 10, 32))
+
+
+def test_nnx_optimizer_train_step_unchanged():
+  x, y = _digits_batch()
+  model = ij.models.MLP(64, (32,), 10, rngs=nnx.Rngs(0))
+  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.polynomial(0.0, 0.75, 0, 4, 2),
+                            "taylor")
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(8)]
+  assert losses[-1] < losses[0]
+  masks = ij.flax.masks_of(optimizer)
+  for m, w in ((masks["hidden"][0]["kernel"], model.hidden[0].kernel[...]),
+               (masks["head"]["kernel"], model.head.kernel[...])):
+    assert np.all(np.asarray(w)[~np.asarray(m)] == 0)
+  n = 64 * 32 + 32 * 10
+  pruned = int((~masks["hidden"][0]["kernel"]).sum() + (~masks["head"]["kernel"]).sum())
+  assert pruned == int(np.floor(0.75 * n + 0.5))
+
+
+class LinenMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+def test_linen_train_state_step_unchanged():
+  x, y = _digits_batch()
+  model = LinenMLP()
+  params = model.init(jax.random.key(0), x)["params"]
+  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.5, step=1), "obd")
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  @jax.jit
+  def step(state):
+    loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        state.apply_fn({"params": p}, x), y).mean()
+    grads = jax.grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads)
+
+  for _ in range(4):
+    state = step(state)
+  masks = ij.flax.masks_of(state)
+  for layer in ("Dense_0", "Dense_1"):
+    w, m = np.asarray(state.params[layer]["kernel"]), np.asarray(masks[layer]["kernel"])
+    assert np.all(w[~m] == 0) and np.all(w[m] != 0)
+  assert np.ndim(masks["Dense_0"]["bias"]) == 0
+  total = 64 * 32 + 32 * 10
+  assert int((~masks["Dense_0"]["kernel"]).sum() + (~masks["Dense_1"]["kernel"]).sum()) == \
+      int(np.floor(0.5 * total + 0.5))
