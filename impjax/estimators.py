@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 Statistic = Callable[[Any, Any], Any]
 
@@ -167,3 +167,35 @@ def calibrate(estimator: Estimator, params: Any, batches: Iterable[Any],
   if estimate is None:
     raise ValueError("calibrate got no batches.")
   return estimate
+
+
+def calibrated_importance(criterion: Any, params: Any, batches: Iterable[Any],
+                          grad_fn: Callable[[Any, Any], Any], *,
+                          estimator: Callable[[Statistic], Estimator] = running_mean,
+                          total: int | None = None, progress: bool = True) -> Any:
+  """A criterion's importance with its statistic averaged over a calibration set.
+
+  Data-free criteria (magnitude, random) ignore ``batches``.
+
+  Args:
+    criterion: an ``impjax.scores.Criterion``.
+    params: the (fixed) parameters.
+    batches: an iterable of batches.
+    grad_fn: ``(params, batch) -> grads``.
+    estimator: factory of the estimator that averages the statistic.
+    total: number of batches, for the progress bar.
+    progress: show a progress bar.
+
+  Example:
+    >>> from impjax import scores
+    >>> grad_fn = lambda p, b: {"w": b}
+    >>> imp = calibrated_importance(scores.criterion("obd"), {"w": jnp.array([2.0])},
+    ...                             [jnp.ones(1), 3 * jnp.ones(1)], grad_fn, progress=False)
+    >>> imp["w"].tolist()  # 0.5 * 2^2 * mean(1, 9)
+    [10.0]
+  """
+  estimate = None
+  if criterion.statistic is not None:
+    estimate = calibrate(estimator(criterion.statistic), params, batches, grad_fn, total=total,
+                         progress=progress)
+  return criterion.importance(params, estimate)

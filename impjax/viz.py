@@ -13,25 +13,27 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure
 import numpy as np
+
+
+def _figure(width: float, height: float):
+  """A pyplot-free figure: works headless, and notebooks display it inline."""
+  fig = Figure(figsize=(width, height))
+  return fig, fig.subplots()
 
 
 def _finish(fig, path: str | None):
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=120)
-  plt.close(fig)
   return fig
 
 
 def sparsity_per_layer(report: dict[str, float], path: str | None = None):
   """Horizontal bars of the pruned fraction of each leaf (``global`` as a dashed line)."""
   layers = [k for k in report if k != "global"]
-  fig, ax = plt.subplots(figsize=(6, 0.4 * len(layers) + 1.5))
+  fig, ax = _figure(6, 0.4 * len(layers) + 1.5)
   ax.barh(layers, [report[k] for k in layers], color="tab:blue")
   if "global" in report:
     ax.axvline(report["global"], color="k", linestyle="--", label=f"global {report['global']:.3f}")
@@ -45,7 +47,7 @@ def sparsity_per_layer(report: dict[str, float], path: str | None = None):
 def training_curves(history: Sequence[dict], path: str | None = None):
   """Test accuracy and sparsity against step from the run's evaluation history."""
   steps = [h["step"] for h in history]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig, ax = _figure(6, 3.5)
   ax.plot(steps, [h["test_accuracy"] for h in history], "o-", color="tab:blue", label="accuracy")
   ax.set_xlabel("step")
   ax.set_ylabel("test accuracy", color="tab:blue")
@@ -59,7 +61,7 @@ def training_curves(history: Sequence[dict], path: str | None = None):
 def accuracy_vs_sparsity(results: Sequence[dict], path: str | None = None,
                          dense_accuracy: float | None = None):
   """One line per criterion from ``{criterion, sparsity, accuracy}`` rows."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _figure(6, 4)
   for name in dict.fromkeys(r["criterion"] for r in results):
     rows = sorted((r["sparsity"], r["accuracy"]) for r in results if r["criterion"] == name)
     ax.plot(*zip(*rows), "o-", label=name)
@@ -75,7 +77,7 @@ def importance_heatmap(importance: np.ndarray, path: str | None = None, title: s
   """A 2-D importance array (e.g. a kernel's scores) as a log-scaled heatmap."""
   values = np.log10(np.abs(np.asarray(importance, np.float64)).reshape(importance.shape[0], -1)
                     + 1e-12)
-  fig, ax = plt.subplots(figsize=(5, 4))
+  fig, ax = _figure(5, 4)
   image = ax.imshow(values, aspect="auto", cmap="viridis")
   fig.colorbar(image, ax=ax, label="log10 importance")
   ax.set_xlabel("output unit")

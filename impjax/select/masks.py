@@ -23,7 +23,7 @@ from impjax.select import n_of_m as n_of_m_lib
 from impjax.select import topk as topk_lib
 
 
-def masks(importance: Any, the_plan: Any, sparsity: Any, *, scope: topk_lib.Scope = "global",
+def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0, *, scope: topk_lib.Scope = "global",
           reduce: str = "sum", normalizer: str = "none", previous: Any = None) -> Any:
   """Element keep-masks for ``importance`` under ``the_plan``.
 
@@ -35,7 +35,7 @@ def masks(importance: Any, the_plan: Any, sparsity: Any, *, scope: topk_lib.Scop
     importance: importance pytree, like the params.
     the_plan: granularity tree from :func:`impjax.groups.plan`.
     sparsity: scalar fraction of prunable units to prune (may be traced), or with
-      ``scope="local"`` a tree of per-leaf fractions.
+      ``scope="local"`` a tree of per-leaf fractions. N:M leaves ignore it.
     scope: ``"global"``, ``"local"`` or a callable path -> scope name.
     reduce: group reduction (``sum``, ``mean``, ``max``, ``l2``).
     normalizer: per-leaf normalizer (``none``, ``l2``, ``max``, ``lamp``).
