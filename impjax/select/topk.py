@@ -1,8 +1,9 @@
 """Exact top-k selection over a pytree of scores, without sorting or concatenating them.
 
-The k-th smallest score is found by bisection on the order-preserving ``uint32`` keys of the
-float32 scores (32 counting passes, each a per-leaf count then a sum), then ties at the
-threshold are broken by position (leaf order, then flat index), so exactly ``k`` are pruned.
+The k-th smallest score is found by a radix select on the order-preserving ``uint32`` keys of
+the float32 scores (two histogram passes of 16-bit digits, each a per-leaf ``bincount`` then a
+sum, or a ``psum`` across devices), then ties at the threshold are broken by position (leaf
+order, then flat index), so exactly ``k`` are pruned. No score is sorted or gathered.
 Masks are ``True`` where a weight is kept.
 
 Reference: global magnitude pruning as in Frankle & Carbin 2019 ("The Lottery Ticket
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -55,34 +57,76 @@ def num_to_prune(sparsity: Any, total: int) -> jax.Array | int:
   return whole.astype(jnp.int32) + (product >= whole + 0.5).astype(jnp.int32)
 
 
-def _kth_smallest_key(keys: list[jax.Array], k) -> jax.Array:
-  """Smallest key ``t`` with ``count(keys <= t) >= k`` (for ``k >= 1``)."""
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = lo + (hi - lo) // 2
-    count = sum(jnp.sum(kk <= mid, dtype=jnp.int32) for kk in keys)
-    enough = count >= k
-    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-  lo, _ = lax.fori_loop(0, 32, body, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-  return lo
+_HALF_BITS = 16
+_BINS = 1 << _HALF_BITS
 
 
-def prune_lowest(leaves: list[jax.Array], k) -> list[jax.Array]:
-  """Keep-masks pruning exactly the ``k`` lowest scores across ``leaves`` (ties by position)."""
+def _histogram(digits: list[jax.Array], length: int, axis_name: str | None) -> jax.Array:
+  """Counts of each digit value over all leaves (and devices of ``axis_name``)."""
+  counts = sum(jnp.bincount(d.reshape(-1), length=length) for d in digits)
+  return lax.psum(counts, axis_name) if axis_name else counts
+
+
+def _psum(x, axis_name):
+  return lax.psum(x, axis_name) if axis_name else x
+
+
+def _kth_smallest_key(keys: list[jax.Array], k, axis_name: str | None = None) -> jax.Array:
+  """The ``k``-th smallest key (``k >= 1``) by a two-pass radix select on 16-bit digits.
+
+  Pass one histograms the high halves of all keys and finds the bucket holding the k-th key;
+  pass two histograms the low halves of the keys in that bucket. Each pass is a local
+  ``bincount`` plus, with ``axis_name``, one ``psum`` of 65536 counts.
+  """
+  high = [(kk >> _HALF_BITS).astype(jnp.int32) for kk in keys]
+  cum_high = jnp.cumsum(_histogram(high, _BINS, axis_name))
+  bucket = jnp.searchsorted(cum_high, k, side="left")
+  below = jnp.where(bucket > 0, cum_high[jnp.maximum(bucket - 1, 0)], 0)
+  low = [jnp.where(h == bucket, (kk & (_BINS - 1)).astype(jnp.int32), _BINS)
+         for h, kk in zip(high, keys)]
+  cum_low = jnp.cumsum(_histogram(low, _BINS + 1, axis_name)[:_BINS]) + below
+  digit = jnp.searchsorted(cum_low, k, side="left")
+  return (bucket.astype(jnp.uint32) << _HALF_BITS) | digit.astype(jnp.uint32)
+
+
+def _ties_before_this_device(count: jax.Array, axis_name: str | None):
+  """(ties on earlier devices of ``axis_name``, ties on all devices) for one leaf."""
+  if not axis_name:
+    return jnp.zeros((), jnp.int32), count
+  counts = lax.all_gather(count, axis_name)
+  earlier = jnp.arange(counts.shape[0]) < lax.axis_index(axis_name)
+  return jnp.sum(jnp.where(earlier, counts, 0)), jnp.sum(counts)
+
+
+@functools.partial(jax.jit, static_argnames="axis_name")
+def prune_lowest(leaves: list[jax.Array], k, axis_name: str | None = None) -> list[jax.Array]:
+  """Keep-masks pruning exactly the ``k`` lowest scores across ``leaves`` (ties by position).
+
+  With ``axis_name`` (inside ``shard_map``/``pmap``) each device holds one contiguous block
+  of every leaf; counts are summed across devices and ties are broken in the global order
+  (leaf, then device, then flat index). Jitted with ``k`` traced, so eager calls compile once
+  per leaf shapes.
+  """
   if not leaves:
     return []
   keys = [sortable_keys(x) for x in leaves]
-  threshold = _kth_smallest_key(keys, jnp.maximum(k, 1))
-  n_less = sum(jnp.sum(kk < threshold, dtype=jnp.int32) for kk in keys)
-  need = k - n_less
-  masks, offset = [], jnp.zeros((), jnp.int32)
-  for kk in keys:
-    eq = kk == threshold
-    position = jnp.cumsum(eq.reshape(-1), dtype=jnp.int32).reshape(kk.shape) + offset
-    prune = (kk < threshold) | (eq & (position <= need))
-    masks.append(jnp.logical_not(prune) | (k <= 0))
-    offset = offset + jnp.sum(eq, dtype=jnp.int32)
-  return masks
+  threshold = _kth_smallest_key(keys, jnp.maximum(k, 1), axis_name)
+  less = [kk < threshold for kk in keys]
+  equal = [kk == threshold for kk in keys]
+  need = k - _psum(sum(jnp.sum(m, dtype=jnp.int32) for m in less), axis_name)
+  ties = [_ties_before_this_device(jnp.sum(e, dtype=jnp.int32), axis_name) for e in equal]
+  all_ties = sum(total for _, total in ties)
+
+  def break_ties():
+    out, offset = [], jnp.zeros((), jnp.int32)
+    for e, (earlier, total) in zip(equal, ties):
+      position = jnp.cumsum(e.reshape(-1), dtype=jnp.int32).reshape(e.shape) + offset + earlier
+      out.append(e & (position <= need))
+      offset = offset + total
+    return out
+
+  pruned_ties = lax.cond(all_ties > need, break_ties, lambda: equal)
+  return [jnp.logical_not(l | t) | (k <= 0) for l, t in zip(less, pruned_ties)]
 
 
 def _scope_name(scope: Scope, path: str) -> str:
