@@ -67,8 +67,23 @@ def test_global_topk_on_sharded_scores_is_identical(mesh, ties, sparsity):
 
 
 @pytest.mark.parametrize("ties", [False, True])
+def test_sharded_topk_keeps_scores_on_their_devices(mesh, ties):
+  scores = tree(6, ties=ties)
+  expected = ij.select.topk(scores, 0.7)
+  sharded = jax.tree.map(lambda x: shard_rows(x, mesh), scores)
+  got = ij.select.sharded_topk(sharded, 0.7, mesh, "d")
+  chex.assert_trees_all_equal(got, expected)
+  assert got["a"]["kernel"].sharding.spec == P("d")
+  with pytest.raises(ValueError, match="odd/bias"):
+    ij.select.sharded_topk({"odd": {"bias": jnp.ones(12)}}, 0.7, mesh, "d")
+
+
+@pytest.mark.parametrize("ties", [False, True])
 def test_prune_lowest_under_shard_map_counts_with_psum(mesh, ties):
   leaves = [x for x in jax.tree.leaves(tree(3, ties=ties)) if x.shape[0] % N_DEV == 0]
+  rng = np.random.default_rng(4)
+  big = rng.integers(-50, 50, 8 * 300_000) if ties else rng.standard_normal(8 * 300_000)
+  leaves.append(jnp.asarray(big, jnp.float32))  # > one 2^18 chunk per device: the loop path
   total = sum(x.size for x in leaves)
   k = int(0.6 * total)
   expected = ij.select.prune_lowest(leaves, k)
