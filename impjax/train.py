@@ -1,6 +1,9 @@
 """The main job: train a Flax model on a tfds dataset while pruning it gradually by importance.
 
-``train_and_evaluate(config, workdir)`` trains, evaluates the dense model where pruning begins,
+``train_and_evaluate(config, workdir)`` trains data-parallel over every device of every process
+(params replicated, each process feeding its share of each global batch; only process 0 writes
+logs and plots, all processes join the orbax checkpoint), evaluates the dense model where pruning
+begins,
 prunes on the configured schedule with the configured criterion (``impjax.transforms.masked``
 around AdamW), checkpoints with orbax (resuming from the latest checkpoint in ``workdir``),
 and writes ``metrics.jsonl``, ``summary.json`` and plots into ``workdir``.
@@ -27,6 +30,8 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -164,12 +169,17 @@ def cross_entropy(graphdef, params, batch):
   return loss, logits
 
 
-def make_train_step(graphdef, tx):
-  """A jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``."""
+def make_train_step(graphdef, tx, loss_fn=cross_entropy):
+  """A jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+  ``loss_fn(graphdef, params, batch) -> (loss, logits)`` defaults to :func:`cross_entropy`;
+  pass a wrapped one to train otherwise (e.g. quantization-aware with
+  ``impjax.transforms.quantized(cross_entropy, bits, argnum=1)``).
+  """
   @jax.jit
   def train_step(params, opt_state, batch):
     (loss, logits), grads = jax.value_and_grad(
-        lambda p: cross_entropy(graphdef, p, batch), has_aux=True)(params)
+        lambda p: loss_fn(graphdef, p, batch), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
@@ -209,9 +219,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = build_model(config, train_data["image"][0], num_classes)
   graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  params = jax.device_put(nnx.to_pure_dict(state), replicated)
   tx = build_optimizer(config)
-  run_state = {"params": params, "opt_state": tx.init(params)}
+  run_state = {"params": params, "opt_state": jax.device_put(tx.init(params), replicated)}
   meta = {"history": [], "dense_accuracy": None}
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -236,7 +249,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step == begin and meta["dense_accuracy"] is None:
       meta["dense_accuracy"] = accuracy(params, test_data)
       logging.info("Dense test accuracy at step %d: %.4f", step, meta["dense_accuracy"])
-    params, opt_state, metrics = train_step(params, opt_state, next(stream))
+    batch = jax.make_array_from_process_local_data(batch_sharding, next(stream))
+    params, opt_state, metrics = train_step(params, opt_state, batch)
+    if jax.device_count() > 1:  # collectives dispatched far ahead can deadlock on CPU
+      jax.block_until_ready(params)
     done = step + 1
     if done % config.log_every == 0 or done == config.steps:
       bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")

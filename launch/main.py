@@ -1,4 +1,9 @@
-"""Runs the main job: ``python launch/main.py --config=configs/digits_mlp.py --workdir=DIR``."""
+"""Runs the main job: ``python launch/main.py --config=configs/digits_mlp.py --workdir=DIR``.
+
+Multi-process (one process per host, or several on one host over loopback):
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``; ``--distributed`` alone
+lets ``jax.distributed.initialize()`` read the cluster (TPU pods, SLURM, ...).
+"""
 
 from absl import app
 from absl import flags
@@ -11,12 +16,21 @@ from impjax import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary and plots.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detect).")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  if FLAGS.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives only
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
