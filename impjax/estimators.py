@@ -49,9 +49,17 @@ class SumState(NamedTuple):
   value: Any
 
 
-def _zeros(statistic: Statistic, params: Any) -> Any:
+def _zeros(statistic: Statistic, params: Any, dtype) -> Any:
   shapes = jax.eval_shape(statistic, params, params)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, dtype), shapes)
+
+
+def _store(tree: Any, dtype) -> Any:
+  return jax.tree.map(lambda v: v.astype(dtype), tree)
+
+
+def _read(tree: Any) -> Any:
+  return jax.tree.map(lambda v: v.astype(jnp.float32), tree)
 
 
 def _observe(statistic: Statistic, params, grads, axis_name):
@@ -61,8 +69,12 @@ def _observe(statistic: Statistic, params, grads, axis_name):
   return stat
 
 
-def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True) -> Estimator:
+def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True,
+        dtype=jnp.float32) -> Estimator:
   """Exponential moving average ``v <- decay * v + (1 - decay) * stat`` (Adam-style debias).
+
+  ``dtype`` is the storage type of the state (``jnp.bfloat16`` halves its memory); the
+  arithmetic and the returned estimate are float32.
 
   Example:
     >>> est = ema(lambda p, g: g, decay=0.5)
@@ -75,24 +87,26 @@ def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True) -> Estim
     raise ValueError(f"ema decay must lie in [0, 1), got {decay}.")
 
   def init(params):
-    return EmaState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+    return EmaState(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
 
   def update(state, params, grads=None, axis_name=None):
     stat = _observe(statistic, params, grads, axis_name)
-    value = jax.tree.map(lambda v, s: decay * v + (1.0 - decay) * s, state.value, stat)
+    value = jax.tree.map(lambda v, s: decay * v + (1.0 - decay) * s, _read(state.value), stat)
     count = state.count + 1
     if debias:
       correction = 1.0 - decay ** count.astype(jnp.float32)
       estimate = jax.tree.map(lambda v: v / correction, value)
     else:
       estimate = value
-    return estimate, EmaState(count, value)
+    return estimate, EmaState(count, _store(value, dtype))
 
   return Estimator(init, update)
 
 
-def running_mean(statistic: Statistic) -> Estimator:
+def running_mean(statistic: Statistic, dtype=jnp.float32) -> Estimator:
   """Exact mean of the statistic over all updates so far (calibration sets).
+
+  ``dtype`` is the storage type of the state; arithmetic is float32.
 
   Example:
     >>> est = running_mean(lambda p, g: g)
@@ -102,19 +116,22 @@ def running_mean(statistic: Statistic) -> Estimator:
     [1.5]
   """
   def init(params):
-    return RunningMeanState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+    return RunningMeanState(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
 
   def update(state, params, grads=None, axis_name=None):
     stat = _observe(statistic, params, grads, axis_name)
     count = state.count + 1
-    value = jax.tree.map(lambda v, s: v + (s - v) / count.astype(jnp.float32), state.value, stat)
-    return value, RunningMeanState(count, value)
+    value = jax.tree.map(lambda v, s: v + (s - v) / count.astype(jnp.float32),
+                         _read(state.value), stat)
+    return value, RunningMeanState(count, _store(value, dtype))
 
   return Estimator(init, update)
 
 
-def sum(statistic: Statistic) -> Estimator:  # pylint: disable=redefined-builtin
+def sum(statistic: Statistic, dtype=jnp.float32) -> Estimator:  # pylint: disable=redefined-builtin
   """Running sum of the statistic (movement pruning accumulates ``-w * g`` this way).
+
+  ``dtype`` is the storage type of the state; arithmetic is float32.
 
   Example:
     >>> est = sum(lambda p, g: g)
@@ -124,12 +141,12 @@ def sum(statistic: Statistic) -> Estimator:  # pylint: disable=redefined-builtin
     [3.0]
   """
   def init(params):
-    return SumState(jnp.zeros((), jnp.int32), _zeros(statistic, params))
+    return SumState(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
 
   def update(state, params, grads=None, axis_name=None):
     stat = _observe(statistic, params, grads, axis_name)
-    value = jax.tree.map(jnp.add, state.value, stat)
-    return value, SumState(state.count + 1, value)
+    value = jax.tree.map(jnp.add, _read(state.value), stat)
+    return value, SumState(state.count + 1, _store(value, dtype))
 
   return Estimator(init, update)
 
@@ -158,12 +175,12 @@ def calibrate(estimator: Estimator, params: Any, batches: Iterable[Any],
     [2.0]
   """
   @jax.jit
-  def step(state, batch):
+  def step(state, params, batch):  # params as an argument: never baked in as constants
     return estimator.update(state, params, grad_fn(params, batch))
 
   state, estimate = estimator.init(params), None
   for batch in tqdm(batches, total=total, desc="calibrate", disable=not progress):
-    estimate, state = step(state, batch)
+    estimate, state = step(state, params, batch)
   if estimate is None:
     raise ValueError("calibrate got no batches.")
   return estimate

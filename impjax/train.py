@@ -257,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if done % config.log_every == 0 or done == config.steps:
       bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
     if done % config.eval_every == 0 or done == config.steps:
-      masks = transforms.find_masked_state(opt_state).masks
+      masks = transforms.current_masks(opt_state, params)
       entry = {"step": done, "train_loss": float(metrics["loss"]),
                "train_accuracy": float(metrics["accuracy"]),
                "test_accuracy": accuracy(params, test_data),
@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar.close()
   ckpt.close()
 
-  masks = transforms.find_masked_state(opt_state).masks
+  masks = transforms.current_masks(opt_state, params)
   report = transforms.sparsity_report(masks, params)
   prunable = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)) if np.ndim(m)]
   zeros = sum(int(np.sum(np.asarray(p) == 0)) for p in prunable)

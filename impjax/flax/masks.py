@@ -27,13 +27,19 @@ from flax import nnx
 from impjax.transforms import masking
 
 
-def masks_of(holder: Any) -> Any:
-  """Keep-masks held by an ``nnx.Optimizer``, a Linen ``TrainState`` or an optax state."""
+def masks_of(holder: Any, params: Any = None) -> Any:
+  """Keep-masks held by an ``nnx.Optimizer``, a Linen ``TrainState`` or an optax state.
+
+  Bit-packed masks (``masked(..., pack=True)``) are unpacked with ``params`` (a Linen
+  ``TrainState`` brings its own).
+  """
   if isinstance(holder, nnx.Optimizer):
     opt_state = nnx.as_pure(holder.opt_state)
   else:
     opt_state = getattr(holder, "opt_state", holder)
-  return masking.find_masked_state(opt_state).masks
+  masks = masking.find_masked_state(opt_state).masks
+  params = getattr(holder, "params", None) if params is None else params
+  return masks if params is None else masking.unpack_masks(masks, params)
 
 
 def prune_model(model: nnx.Module, masks: Any) -> None:

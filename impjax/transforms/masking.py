@@ -76,6 +76,31 @@ def initial_masks(params: Any, the_plan: Any) -> Any:
       params, the_plan)
 
 
+def pack_masks(masks: Any) -> Any:
+  """Packs every non-scalar bool mask into ``uint8`` bits (``jnp.packbits``): 1/8 byte per
+  weight. Scalar (dense-leaf) masks stay as they are.
+
+  Example:
+    >>> pack_masks({"w": jnp.array([True, False, True])})["w"].tolist()
+    [160]
+  """
+  return jax.tree.map(lambda m: jnp.packbits(m.reshape(-1)) if np.ndim(m) else m, masks)
+
+
+def unpack_masks(masks: Any, params: Any) -> Any:
+  """Inverse of :func:`pack_masks` (bool masks pass through unchanged).
+
+  Example:
+    >>> unpack_masks({"w": jnp.array([160], jnp.uint8)}, {"w": jnp.zeros(3)})["w"].tolist()
+    [True, False, True]
+  """
+  def leaf(m, p):
+    if m.dtype != jnp.uint8:
+      return m
+    return jnp.unpackbits(m, count=int(np.size(p))).reshape(np.shape(p)).astype(jnp.bool_)
+  return jax.tree.map(leaf, masks, params)
+
+
 def sparsity_report(masks: Any, params: Any) -> dict[str, float]:
   """Fraction of weights pruned per prunable leaf, plus ``"global"`` over prunable leaves.
 
@@ -96,12 +121,21 @@ def sparsity_report(masks: Any, params: Any) -> dict[str, float]:
 
 
 def find_masked_state(opt_state: Any) -> MaskedState:
-  """Finds the :class:`MaskedState` inside a (chained, wrapped) optimizer state."""
+  """Finds the :class:`MaskedState` inside a (chained, wrapped) optimizer state.
+
+  Its ``masks`` are bit-packed when the transform was built with ``pack_masks=True``; use
+  :func:`current_masks` to get bool masks either way.
+  """
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, MaskedState))
            if isinstance(x, MaskedState)]
   if len(found) != 1:
     raise ValueError(f"Expected one MaskedState in the optimizer state, found {len(found)}.")
   return found[0]
+
+
+def current_masks(opt_state: Any, params: Any) -> Any:
+  """Bool keep-masks of the :class:`MaskedState` inside ``opt_state`` (unpacked if packed)."""
+  return unpack_masks(find_masked_state(opt_state).masks, params)
 
 
 def masked(inner: optax.GradientTransformation, schedule: Schedule,
@@ -110,7 +144,7 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
            allocation: str | None = None, reduce: str = "sum", normalizer: str = "none",
            estimator: Callable[[Callable], estimators.Estimator] | None = None,
            allow_regrowth: bool = False, axis_name: str | None = None,
-           ) -> optax.GradientTransformationExtraArgs:
+           pack: bool = False) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so training keeps a schedule-driven, importance-selected sparsity.
 
   Args:
@@ -127,6 +161,7 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
       (``ema`` with decay 0.99 or ``sum``).
     allow_regrowth: let pruned units return when their importance rises.
     axis_name: mapped axis over which the statistic is averaged (``pmap``/``shard_map``).
+    pack: keep the masks bit-packed in the state (1/8 byte per weight instead of 1).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -154,11 +189,13 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
     scale = sparsity / schedule.final if schedule.final > 0 else 0.0 * sparsity
     return jax.tree.map(lambda s: s * scale, per_leaf)
 
+  store = pack_masks if pack else (lambda m: m)
+
   def init(params):
     the_plan = groups.plan(params, rules)
     return MaskedState(
         count=jnp.zeros((), jnp.int32),
-        masks=initial_masks(params, the_plan),
+        masks=store(initial_masks(params, the_plan)),
         inner_state=inner.init(params),
         estimator_state=() if est is None else est.init(params),
         skipped_nonfinite=jnp.zeros((), jnp.int32))
@@ -170,6 +207,7 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
     tree_utils.check_finite(updates, what="gradients")
     the_plan = groups.plan(params, rules)
     finite = tree_utils.all_finite(updates)
+    previous_masks = unpack_masks(state.masks, params)
 
     if est is None:
       estimate, estimator_state = None, state.estimator_state
@@ -184,19 +222,19 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
       new = select.masks(importance, the_plan,
                          budget(params, the_plan, schedule.sparsity(state.count)),
                          scope=scope, reduce=reduce, normalizer=normalizer,
-                         previous=None if allow_regrowth else state.masks)
+                         previous=None if allow_regrowth else previous_masks)
       usable = tree_utils.all_finite(importance)
-      return jax.tree.map(lambda n, o: jnp.where(usable, n, o), new, state.masks)
+      return jax.tree.map(lambda n, o: jnp.where(usable, n, o), new, previous_masks)
 
     masks = lax.cond(schedule.is_update_step(state.count) & finite, reselect,
-                     lambda: state.masks)
+                     lambda: previous_masks)
     masked_grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
     inner_updates, inner_state = inner.update(masked_grads, state.inner_state, params,
                                               **extra_args)
     new_updates = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p).astype(u.dtype),
                                inner_updates, masks, params)
     return new_updates, MaskedState(
-        count=state.count + 1, masks=masks, inner_state=inner_state,
+        count=state.count + 1, masks=store(masks), inner_state=inner_state,
         estimator_state=estimator_state,
         skipped_nonfinite=state.skipped_nonfinite + jnp.logical_not(finite).astype(jnp.int32))
 
