@@ -29,9 +29,17 @@ Statistic = Callable[[Any, Any], Any]
 
 
 class Estimator(NamedTuple):
-  """A pair of pure functions, like ``optax.GradientTransformation``."""
+  """Pure functions, like ``optax.GradientTransformation``.
+
+  Attributes:
+    init: ``params -> state``.
+    update: ``(state, params, grads, axis_name=None) -> (estimate, state)``.
+    read: ``state -> estimate``, for consumers that need the estimate only on some steps
+      (under ``lax.cond``), so the per-step update does no more than accumulate.
+  """
   init: Callable[[Any], Any]
   update: Callable[..., tuple[Any, Any]]
+  read: Callable[[Any], Any] | None = None
 
 
 class EmaState(NamedTuple):
@@ -93,14 +101,15 @@ def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True,
     stat = _observe(statistic, params, grads, axis_name)
     value = jax.tree.map(lambda v, s: decay * v + (1.0 - decay) * s, _read(state.value), stat)
     count = state.count + 1
-    if debias:
-      correction = 1.0 - decay ** count.astype(jnp.float32)
-      estimate = jax.tree.map(lambda v: v / correction, value)
-    else:
-      estimate = value
-    return estimate, EmaState(count, _store(value, dtype))
+    return debiased(count, value), EmaState(count, _store(value, dtype))
 
-  return Estimator(init, update)
+  def debiased(count, value):
+    if not debias:
+      return value
+    correction = 1.0 - decay ** count.astype(jnp.float32)
+    return jax.tree.map(lambda v: v / correction, value)
+
+  return Estimator(init, update, lambda state: debiased(state.count, _read(state.value)))
 
 
 def running_mean(statistic: Statistic, dtype=jnp.float32) -> Estimator:
@@ -125,7 +134,7 @@ def running_mean(statistic: Statistic, dtype=jnp.float32) -> Estimator:
                          _read(state.value), stat)
     return value, RunningMeanState(count, _store(value, dtype))
 
-  return Estimator(init, update)
+  return Estimator(init, update, lambda state: _read(state.value))
 
 
 def sum(statistic: Statistic, dtype=jnp.float32) -> Estimator:  # pylint: disable=redefined-builtin
@@ -148,7 +157,7 @@ def sum(statistic: Statistic, dtype=jnp.float32) -> Estimator:  # pylint: disabl
     value = jax.tree.map(jnp.add, _read(state.value), stat)
     return value, SumState(state.count + 1, _store(value, dtype))
 
-  return Estimator(init, update)
+  return Estimator(init, update, lambda state: _read(state.value))
 
 
 BY_NAME = {"ema": ema, "running_mean": running_mean, "sum": sum}

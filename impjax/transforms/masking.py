@@ -218,7 +218,9 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
                                      new_estimator_state, state.estimator_state)
 
     def reselect():
-      importance = crit.importance(params, estimate)
+      # Reading the estimate here keeps its computation off the steps that do not re-select.
+      value = est.read(estimator_state) if est is not None and est.read else estimate
+      importance = crit.importance(params, value)
       new = select.masks(importance, the_plan,
                          budget(params, the_plan, schedule.sparsity(state.count)),
                          scope=scope, reduce=reduce, normalizer=normalizer,
