@@ -22,7 +22,8 @@ from impjax import scores
 from impjax import select
 from impjax import transforms
 from impjax import tree_utils
+from impjax import quantization
 
 __version__ = "0.1.0"
 
-__all__ = ["estimators", "flax", "groups", "models", "schedules", "scores", "select", "transforms", "tree_utils"]
+__all__ = ["estimators", "flax", "groups", "models", "schedules", "scores", "select", "transforms", "tree_utils", "quantization"]

@@ -9,3 +9,14 @@ __all__ = [
     "Criterion", "NAMES", "criterion", "fisher", "fisher_per_sample", "obd",
     "per_sample_grads", "movement", "saliency", "taylor", "taylor_group", "magnitude", "random",
 ]
+
+from impjax.scores.activations import (attention_received, block_influence_sums, means,
+                                       token_gram, token_sums, wanda, wina)
+__all__ += [
+    "attention_received", "block_influence_sums", "means", "token_gram", "token_sums", "wanda",
+    "wina",
+]
+
+from impjax.scores.hessian import hawq, hutchinson, hvp, rademacher_like
+
+__all__ += ["hawq", "hutchinson", "hvp", "rademacher_like"]

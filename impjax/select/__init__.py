@@ -10,3 +10,11 @@ __all__ = [
     "erk", "uniform", "masks", "n_of_m", "n_of_m_leaf", "Scope", "num_to_prune",
     "prune_lowest", "sharded_topk", "sortable_keys", "threshold", "topk",
 ]
+
+from impjax.select.bits import (allocate, average_bits, bits_of, gain_per_bit, greedy, knapsack,
+                                lowering, order_bits, salient_channels, to_bits, unit_sizes)
+
+__all__ += [
+    "allocate", "average_bits", "bits_of", "gain_per_bit", "greedy", "knapsack", "lowering",
+    "order_bits", "salient_channels", "to_bits", "unit_sizes",
+]
