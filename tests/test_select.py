@@ -36,13 +36,14 @@ def tied_scores(seed):
 
 def ref_count(sparsity, n):
   """round-half-up(sparsity * n), exactly, with ``sparsity`` the float32 value of the argument
-  taken at the top of its rounding interval (s + ulp(s) / 2), so decimals tie upwards."""
+  taken at the top of its rounding interval (s + ulp(s) / 2), so decimals tie upwards, while
+  that interval scaled by n is narrower than 1/2; beyond, the float32 value itself."""
   s = float(np.float32(sparsity))
   if not s > 0:
     return 0
   s = min(s, 1.0)
   ulp = fractions.Fraction(2) ** (math.frexp(s)[1] - 24)
-  top = fractions.Fraction(s) + ulp / 2
+  top = fractions.Fraction(s) + (ulp / 2 if n * ulp / 2 < fractions.Fraction(1, 2) else 0)
   return min(math.floor(top * n + fractions.Fraction(1, 2)), n)
 
 
@@ -117,6 +118,9 @@ def test_num_to_prune_eager_and_traced():
     assert want.max() <= n and want.min() >= 0
   assert select.num_to_prune(1.0, 2**31 - 1) == 2**31 - 1
   assert select.num_to_prune(0.5, 10**7) == 5 * 10**6
+  assert select.num_to_prune(0.5, 10**8) == 5 * 10**7  # exact float32 value at large totals
+  assert int(jax.jit(select.num_to_prune, static_argnums=1)(0.5, 10**8)) == 5 * 10**7
+  assert select.num_to_prune(0.9, 10**8) == int(np.float64(np.float32(0.9)) * 10**8 + 0.5)
   with pytest.raises(ValueError):
     select.num_to_prune(0.5, 2**31)
   assert select.num_to_prune(0.5, 7) == 4  # half up

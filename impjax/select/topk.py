@@ -46,9 +46,10 @@ def num_to_prune(sparsity: Any, total: int) -> jax.Array | int:
   """``round(sparsity * total)``, half up, computed exactly and the same eager and traced.
 
   ``sparsity`` is read as float32 and stands for every real number that rounds to that
-  float32 (a decimal such as ``0.7`` is not exact): ties are resolved at the top of that
-  interval, so ``0.7 * 5`` and ``0.265 * 100`` round up to 4 and 27 as written, while a
-  product farther than ``total * sparsity * 2**-25`` from a half is rounded as is. Integer
+  float32 (a decimal such as ``0.7`` is not exact): while that interval, scaled by ``total``,
+  is narrower than half a unit, ties are resolved at its top, so ``0.7 * 5`` and
+  ``0.265 * 100`` round up to 4 and 27 as written; for larger totals the float32 value itself
+  is rounded, so ``0.5 * 10**8`` is exactly ``5 * 10**7``. Integer
   arithmetic (no float rounding, no fused multiply-add) makes a jitted step prune exactly as
   many units as an eager call, for every ``total`` below ``2**31``; the count never exceeds
   ``total``.
@@ -61,16 +62,21 @@ def num_to_prune(sparsity: Any, total: int) -> jax.Array | int:
       return 0
     fraction, exponent = math.frexp(min(s, 1.0))  # s = (m / 2**24) * 2**exponent
     m, shift = int(fraction * 2**24), 25 - exponent  # s + ulp / 2 = (2m + 1) / 2**shift
-    return min(((2 * m + 1) * total + 2**(shift - 1)) >> shift, total)
-  return _round_top_of_interval(jnp.asarray(sparsity, jnp.float32), total)
+    narrow = shift - 1 >= total.bit_length()  # total * ulp / 2 < 1 / 2
+    return min(((2 * m + int(narrow)) * total + 2**(shift - 1)) >> shift, total)
+  s = jnp.asarray(sparsity, jnp.float32)
+  bits = lax.bitcast_convert_type(jnp.where(s > 0, jnp.minimum(s, 1.0), 1.0), jnp.uint32)
+  narrow = 150 - (bits >> 23).astype(jnp.int32) >= total.bit_length()
+  return jnp.where(narrow, _round_scaled(s, total, 1), _round_scaled(s, total, 0))
 
 
-def _round_top_of_interval(s: jax.Array, total: int) -> jax.Array:
-  """Traced :func:`num_to_prune`: ``(2m + 1) * total`` (< 2**56) as two ``uint32`` words."""
+def _round_scaled(s: jax.Array, total: int, half_ulp: int) -> jax.Array:
+  """Traced :func:`num_to_prune`: ``(2m + half_ulp) * total`` (< 2**56) as two ``uint32``
+  words, rounded half up after the shift (``half_ulp=1``: the top of the interval)."""
   u32 = lambda v: jnp.asarray(v, jnp.uint32)  # noqa: E731
   positive = s > 0
   bits = lax.bitcast_convert_type(jnp.where(positive, jnp.minimum(s, 1.0), 1.0), jnp.uint32)
-  odd = (((bits & u32(0x7FFFFF)) | u32(0x800000)) << 1) | u32(1)  # 2m + 1 < 2**25
+  odd = (((bits & u32(0x7FFFFF)) | u32(0x800000)) << 1) | u32(half_ulp)  # < 2**25
   shift = 151 - (bits >> 23).astype(jnp.int32)  # s + ulp/2 = odd / 2**shift, shift >= 24
   o_hi, o_lo = odd >> 16, odd & u32(0xFFFF)
   t_hi, t_lo = u32(total >> 16), u32(total & 0xFFFF)
