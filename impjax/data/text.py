@@ -1,0 +1,167 @@
+"""English text built from what Python ships: sentences and a retrieval task, split disjointly.
+
+The source is ``pydoc_data.topics`` (the Python language reference pages behind ``help()``,
+part of the standard library, so nothing is downloaded). Each topic page is cut into prose
+paragraphs (code blocks, grammar rules, headings and tables are dropped) and paragraphs into
+sentences. Topics alternate between the splits in sorted order (even positions
+``evaluation``, odd ``calibration``), so calibration and evaluation text never share a page,
+and a sentence that occurs in both is kept in calibration only. The exact text follows the
+running Python version (its reference pages).
+
+The retrieval task: for every paragraph of at least two sentences, the query is its first
+sentence and the passage the rest of the paragraph; a model retrieves, for each query, the
+most cosine-similar passage among all passages of the split (top-1 accuracy).
+
+Reference: the evaluation style of Sentence-BERT (Reimers & Gurevych 2019) and the
+calibration/evaluation separation of Wanda and SparseGPT (calibration on other text).
+
+Example:
+  >>> from impjax.data import text
+  >>> cal, ev = text.sentences("calibration"), text.sentences("evaluation")
+  >>> len(cal) > 500 and len(ev) > 500 and not set(cal) & set(ev)
+  True
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SPLITS = ("calibration", "evaluation")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")
+_HEADING_RULE = re.compile(r"^[*=\-~^]{3,}$")
+_CODE = re.compile(r">>>|::=| = |[\[\]{}]|\|")
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"Unknown text split {split!r}. Known: {SPLITS}.")
+
+
+def prose_paragraphs(page: str) -> list[str]:
+  """Prose paragraphs of one reference page; headings, code, grammar and tables are dropped.
+
+  A block (between blank lines) is prose when its joined, dedented text ends like a
+  sentence, holds no code markers (``>>>``, ``::=``, ``=``, brackets) and is mostly letters.
+
+  Example:
+    >>> prose_paragraphs("Title\\n*****\\n\\nSome text\\nwraps here.\\n\\n   x = f(1)\\n")
+    ['Some text wraps here.']
+  """
+  out = []
+  for block in re.split(r"\n\s*\n", page):
+    lines = [l.strip() for l in block.split("\n") if l.strip()]
+    if not lines or (len(lines) >= 2 and _HEADING_RULE.match(lines[-1])):
+      continue
+    paragraph = " ".join(lines).removeprefix("* ").strip()
+    letters = sum(c.isalpha() or c.isspace() for c in paragraph)
+    if (paragraph.endswith((".", "?", "!")) and not _CODE.search(paragraph)
+        and letters >= 0.9 * len(paragraph)):
+      out.append(paragraph)
+  return out
+
+
+def split_sentences(paragraph: str, min_words: int = 5, max_words: int = 40) -> list[str]:
+  """Sentences of a paragraph with ``min_words`` to ``max_words`` words ending in ``.?!``.
+
+  Example:
+    >>> split_sentences("This one is long enough. Too short. And this is another sentence!")
+    ['This one is long enough.', 'And this is another sentence!']
+  """
+  out = []
+  for s in _SENTENCE_END.split(paragraph):
+    s = s.strip()
+    if min_words <= len(s.split()) <= max_words and s.endswith((".", "?", "!")):
+      out.append(s)
+  return out
+
+
+@functools.cache
+def _split_paragraphs(split: str) -> tuple[tuple[str, ...], ...]:
+  """Sentence tuples per paragraph; evaluation drops any sentence calibration also has."""
+  from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
+  names = sorted(topics)
+  wanted = [n for i, n in enumerate(names) if (i % 2 == 0) == (split == "evaluation")]
+  seen = set()
+  if split == "evaluation":
+    seen.update(s for p in _split_paragraphs("calibration") for s in p)
+  out = []
+  for name in wanted:
+    for paragraph in prose_paragraphs(topics[name]):
+      sents = tuple(s for s in split_sentences(paragraph) if s not in seen)
+      seen.update(sents)
+      if sents:
+        out.append(sents)
+  return tuple(out)
+
+
+def sentences(split: str) -> list[str]:
+  """Every distinct sentence of ``split`` (``calibration`` or ``evaluation``), in page order.
+
+  Example:
+    >>> sentences("evaluation")[0].split()[:2]
+    ['These', 'equivalences']
+  """
+  _check_split(split)
+  return [s for paragraph in _split_paragraphs(split) for s in paragraph]
+
+
+def retrieval_pairs(split: str) -> tuple[list[str], list[str]]:
+  """``(queries, passages)``: a paragraph's first sentence and the rest of it, aligned.
+
+  Example:
+    >>> queries, passages = retrieval_pairs("evaluation")
+    >>> len(queries) == len(passages) > 100
+    True
+  """
+  _check_split(split)
+  pairs = [(p[0], " ".join(p[1:])) for p in _split_paragraphs(split) if len(p) >= 2]
+  return [q for q, _ in pairs], [d for _, d in pairs]
+
+
+def fidelity(embeddings: np.ndarray, reference: np.ndarray) -> float:
+  """Mean cosine similarity of each embedding to the reference (dense) model's embedding.
+
+  Example:
+    >>> fidelity(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]))
+    0.5
+  """
+  a = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
+  b = reference / np.linalg.norm(reference, axis=-1, keepdims=True)
+  return float(np.mean(np.sum(a * b, axis=-1)))
+
+
+def retrieval_top1(query_embeddings: np.ndarray, passage_embeddings: np.ndarray) -> float:
+  """Fraction of queries whose most cosine-similar passage is their own (same index).
+
+  Ties go to the lower passage index.
+
+  Example:
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> retrieval_top1(q, np.array([[1.0, 0.0], [1.0, 0.0]]))  # query 1: a tie, passage 0
+    0.5
+  """
+  q = query_embeddings / np.linalg.norm(query_embeddings, axis=-1, keepdims=True)
+  p = passage_embeddings / np.linalg.norm(passage_embeddings, axis=-1, keepdims=True)
+  best = np.argmax(q @ p.T, axis=1)
+  return float(np.mean(best == np.arange(len(q))))
+
+
+def contrastive_loss(query_embeddings, passage_embeddings, scale: float = 20.0):
+  """The retrieval task's supervised loss: cross-entropy of ``scale * cos(q_i, p_j)`` over the
+  passages of the batch, the label of query ``i`` being passage ``i`` (in-batch negatives, as
+  sentence-transformers' ``MultipleNegativesRankingLoss``).
+
+  Example:
+    >>> q = jnp.eye(2)
+    >>> float(contrastive_loss(q, q)) < 1e-6  # log(1 + e^-20)
+    True
+  """
+  q = query_embeddings / jnp.linalg.norm(query_embeddings, axis=-1, keepdims=True)
+  p = passage_embeddings / jnp.linalg.norm(passage_embeddings, axis=-1, keepdims=True)
+  logp = jax.nn.log_softmax(scale * q @ p.T, axis=-1)
+  return -jnp.mean(jnp.diagonal(logp))

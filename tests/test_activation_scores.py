@@ -1,0 +1,146 @@
+"""Activation and gate scores against numpy loops and the papers' formulas, eager and jitted."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from impjax import scores
+
+
+def both(fn, *args):
+  """``fn(*args)`` eagerly and under ``jax.jit``; asserts they agree and returns the eager one."""
+  eager = fn(*args)
+  jitted = jax.jit(fn)(*args)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), eager, jitted)
+  return eager
+
+
+@pytest.fixture
+def acts():
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((3, 5, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], np.int32)
+  return a, mask
+
+
+def test_token_sums_and_means(acts):
+  a, mask = acts
+  got = both(lambda a, m: scores.means(scores.token_sums(a, m)), a, mask)
+  rows = [a[b, t] for b in range(3) for t in range(5) if mask[b, t]]
+  rows = np.array(rows, np.float64)
+  np.testing.assert_allclose(got["abs"], np.abs(rows).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(got["sq"], (rows ** 2).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(got["nonpos"], (rows <= 0).mean(0), rtol=1e-6)
+
+
+def test_token_gram(acts):
+  a, mask = acts
+  got = both(scores.token_gram, a, mask)
+  expected = np.zeros((4, 4))
+  for b in range(3):
+    for t in range(5):
+      if mask[b, t]:
+        expected += np.outer(a[b, t], a[b, t])
+  np.testing.assert_allclose(got["gram"], expected, rtol=1e-5, atol=1e-6)
+  assert float(got["count"]) == mask.sum()
+
+
+def test_block_influence(acts):
+  a, mask = acts
+  b_out = a + np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)
+  got = both(lambda x, y, m: scores.means(scores.block_influence_sums(x, y, m)), a, b_out, mask)
+  values = [1 - a[i, t] @ b_out[i, t] / np.linalg.norm(a[i, t]) / np.linalg.norm(b_out[i, t])
+            for i in range(3) for t in range(5) if mask[i, t]]
+  np.testing.assert_allclose(got["influence"], np.mean(values), rtol=1e-5)
+
+
+def test_mask_shape_is_checked(acts):
+  a, _ = acts
+  with pytest.raises(ValueError, match="mask shape"):
+    scores.token_sums(a, np.ones((3, 4)))
+
+
+def test_means_needs_counts():
+  with pytest.raises(ValueError, match="count"):
+    scores.means({"sq": jnp.ones(2)})
+
+
+def test_wanda_formula_and_errors():
+  rng = np.random.default_rng(2)
+  w = rng.standard_normal((6, 3)).astype(np.float32)
+  norms = rng.random(6).astype(np.float32)
+  got = both(scores.wanda, {"d": {"kernel": w}}, {"d": {"kernel": norms}})
+  expected = np.array([[abs(w[i, j]) * norms[i] for j in range(3)] for i in range(6)])
+  np.testing.assert_allclose(got["d"]["kernel"], expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="d/kernel"):
+    scores.wanda({"d": {"kernel": w}}, {"d": {"kernel": norms[:3]}})
+
+
+def test_wina_formula_and_errors():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+  w = rng.standard_normal((6, 3)).astype(np.float32)
+  got = both(scores.wina, x, w)
+  expected = np.abs(x) * np.array([np.sqrt(np.sum(w[i] ** 2)) for i in range(6)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="wina"):
+    scores.wina(x, w.T)
+
+
+def test_attention_received():
+  rng = np.random.default_rng(4)
+  logits = rng.standard_normal((2, 3, 4, 4))
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+  logits = np.where(mask[:, None, None, :] > 0, logits, -np.inf)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  got = both(scores.attention_received, probs.astype(np.float32), mask)
+  expected = np.zeros((2, 4))
+  for b in range(2):
+    queries = [q for q in range(4) if mask[b, q]]
+    for k in range(4):
+      if mask[b, k]:
+        expected[b, k] = np.mean([probs[b, h, q, k] for h in range(3) for q in queries])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="queries"):
+    scores.attention_received(probs[0], mask[0])
+
+
+def test_gate_taylor_is_sum_over_tokens_of_activation_times_gradient():
+  rng = np.random.default_rng(5)
+  h = jnp.asarray(rng.standard_normal((3, 7, 4)), jnp.float32)  # (batch, tokens, units)
+  target = jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)
+  loss_of_h = lambda h: jnp.sum((h.sum(-1) - target) ** 2 * jnp.arange(1.0, 8.0))
+  loss_of_gates = lambda g: loss_of_h(h * g["units"][:, None, :])
+  got = both(lambda g: scores.gate_taylor(loss_of_gates, g), {"units": jnp.ones((3, 4))})
+  grad_h = jax.grad(loss_of_h)(h)
+  expected = np.mean(np.abs(np.sum(np.asarray(h) * np.asarray(grad_h), axis=1)), axis=0)
+  np.testing.assert_allclose(got["units"], expected, rtol=1e-5)
+
+
+def test_entropy_loss_formula():
+  z = np.random.default_rng(6).standard_normal((5, 3))
+  got = both(scores.entropy_loss, jnp.asarray(z, jnp.float32))
+  zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+  logits = 15 * zn @ zn.T
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  np.testing.assert_allclose(got, np.mean(-np.sum(p * np.log(p), axis=1)), rtol=1e-5)
+
+
+def test_entropy_taylor_matches_finite_differences():
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((4, 3))
+  w = rng.standard_normal((3, 2))
+  embed = lambda g: (x * g["u"]) @ w
+  with jax.enable_x64(True):
+    gates = {"u": jnp.ones((4, 3), jnp.float64)}
+    got = scores.entropy_taylor(embed, gates)["u"]
+    loss = jax.jit(lambda g: scores.entropy_loss(embed({"u": g})))
+    eps = 1e-6
+    fd = np.zeros((4, 3))
+    for b in range(4):
+      for u in range(3):
+        fd[b, u] = (loss(gates["u"].at[b, u].add(eps))
+                    - loss(gates["u"].at[b, u].add(-eps))) / (2 * eps)
+  np.testing.assert_allclose(got, np.abs(fd).mean(0), rtol=1e-5)
