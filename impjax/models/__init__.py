@@ -9,3 +9,7 @@ from impjax.models import minilm
 from impjax.models.minilm import MiniLM, MiniLMConfig
 
 __all__ += ["minilm", "MiniLM", "MiniLMConfig"]
+
+from impjax.models.residual_mlp import ResidualBlock, ResidualMLP, block_fn
+
+__all__ += ["ResidualBlock", "ResidualMLP", "block_fn"]
