@@ -3,7 +3,7 @@
 What it measures, side by side with the dense model of the same run:
 
 * the port: max abs difference of the Flax embeddings to the torch reference fixture
-  (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/make_minilm_fixture.py``);
+  (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/_make_minilm_fixture.py``);
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
   ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform

@@ -1,7 +1,7 @@
 """The performance suite: runs every benchmark and prints their headline figures in one table.
 
-Each ``benchmarks/*.py`` (except this file, ``common.py`` and fixture makers ``make_*.py``) runs
-in its own process with ``--json``; numbers and booleans of its JSON (top level and one level
+Each ``benchmarks/*.py`` (except this file, ``common.py`` and private scripts ``_*.py`` such as
+the fixture maker) runs in its own process with ``--json``; numbers and booleans of its JSON (top level and one level
 of nested dicts; for ``selection``, the speed-up and memory ratio at each size) are listed, so a
 change can be compared figure by figure. Quick mode passes ``--quick`` to each.
 
@@ -28,7 +28,7 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def benchmark_names() -> list[str]:
   names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(HERE, "*.py"))]
-  return sorted(n for n in names if n not in ("run_all", "common") and not n.startswith("make_"))
+  return sorted(n for n in names if n not in ("run_all", "common") and not n.startswith("_"))
 
 
 def headline(figures: dict) -> dict[str, float | bool]:

