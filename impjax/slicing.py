@@ -59,16 +59,23 @@ def _kept(ranks: dict[str, jax.Array], module: str, num_units: int, width: float
   return np.argsort(rank, kind="stable")[:num_kept(width, num_units)]
 
 
+def _slice_chain(layers: dict, name: str, ranks: dict, width: float) -> tuple[dict, np.ndarray]:
+  """Slices a chain of layers (kernel ``[..., in, out]``, bias ``[out]``): each keeps its top
+  output units and the inputs its predecessor kept. Returns the layers and the last kept units."""
+  sliced, previous = {}, None
+  for layer in range(len(layers)):
+    kernel, bias = layers[layer]["kernel"], layers[layer]["bias"]
+    keep = _kept(ranks, f"{name}/{layer}", kernel.shape[-1], width)
+    if previous is not None:
+      kernel = jnp.take(kernel, previous, axis=-2)
+    sliced[layer] = {"kernel": kernel[..., keep], "bias": bias[keep]}
+    previous = keep
+  return sliced, previous
+
+
 def _slice_mlp(model: models.MLP, width: float, ranks: dict) -> tuple[models.MLP, dict]:
   params = _params(model)
-  hidden, previous = {}, None
-  for layer in range(len(params["hidden"])):
-    kernel, bias = params["hidden"][layer]["kernel"], params["hidden"][layer]["bias"]
-    keep = _kept(ranks, f"hidden/{layer}", kernel.shape[-1], width)
-    if previous is not None:
-      kernel = kernel[previous]
-    hidden[layer] = {"kernel": kernel[:, keep], "bias": bias[keep]}
-    previous = keep
+  hidden, previous = _slice_chain(params["hidden"], "hidden", ranks, width)
   head = dict(params["head"], kernel=params["head"]["kernel"][previous])
   config = {"in_features": int(params["hidden"][0]["kernel"].shape[0]),
             "hidden": tuple(len(hidden[i]["bias"]) for i in range(len(hidden))),
@@ -78,14 +85,7 @@ def _slice_mlp(model: models.MLP, width: float, ranks: dict) -> tuple[models.MLP
 
 def _slice_cnn(model: models.CNN, width: float, ranks: dict) -> tuple[models.CNN, dict]:
   params = _params(model)
-  convs, previous = {}, None
-  for layer in range(len(params["convs"])):
-    kernel, bias = params["convs"][layer]["kernel"], params["convs"][layer]["bias"]
-    keep = _kept(ranks, f"convs/{layer}", kernel.shape[-1], width)
-    if previous is not None:
-      kernel = kernel[:, :, previous]
-    convs[layer] = {"kernel": kernel[..., keep], "bias": bias[keep]}
-    previous = keep
+  convs, previous = _slice_chain(params["convs"], "convs", ranks, width)
   kernel = params["dense"]["kernel"]
   channels = params["convs"][len(convs) - 1]["kernel"].shape[-1]
   positions = kernel.shape[0] // channels  # inputs are flattened (h, w, channel)

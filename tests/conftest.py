@@ -1,8 +1,13 @@
-"""Shared fixtures: small parameter trees (a tiny CNN + MLP) with seeded random values."""
+"""Shared fixtures: small parameter trees (a tiny CNN + MLP) with seeded random values, and
+small impjax models."""
 
+from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from impjax import models
 
 SHAPES = {
     "conv": {"kernel": (3, 3, 1, 8), "bias": (8,)},
@@ -38,3 +43,19 @@ def params():
 @pytest.fixture
 def grads():
   return random_tree(1)
+
+
+def build(cls, *args):
+  """``(graphdef, params)`` of ``cls(*args)``, initialized in one jitted call (fast to compile)."""
+  make = lambda: cls(*args, rngs=nnx.Rngs(0))
+  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make(), nnx.Param)))()
+  return nnx.graphdef(nnx.eval_shape(make)), params
+
+
+def mlp_with_bits(in_features, hidden, num_classes, hidden_bits, head_bits):
+  """``(graphdef, params, bits)`` of a one-hidden-layer ``models.MLP``; ``bits`` quantizes its
+  two kernels and leaves the biases float (``None``)."""
+  graphdef, params = build(models.MLP, in_features, (hidden,), num_classes)
+  bits = jax.tree.map(lambda _: None, params)
+  bits["hidden"][0]["kernel"], bits["head"]["kernel"] = hidden_bits, head_bits
+  return graphdef, params, bits

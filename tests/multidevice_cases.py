@@ -135,15 +135,17 @@ def _tx(axis_name=None):
                               "obd", axis_name=axis_name)
 
 
-def _single_device_run(params, batches):
-  tx = _tx()
-  state = tx.init(params)
-
+def _jit_step(tx):
   @jax.jit
   def step(params, state, batch):
     updates, state = tx.update(jax.grad(_loss)(params, batch), state, params)
     return optax.apply_updates(params, updates), state
+  return step
 
+
+def _single_device_run(params, batches):
+  tx = _tx()
+  state, step = tx.init(params), _jit_step(tx)
   for batch in batches:
     params, state = step(params, state, batch)
   return params, state
@@ -175,13 +177,7 @@ def test_jit_named_sharding_masked_training_equals_single_device(mesh):
   expected_params, expected_state = _single_device_run(params, batches)
   tx = _tx()
   params = jax.tree.map(lambda x: shard_rows(x, mesh), params)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, batch):
-    updates, state = tx.update(jax.grad(_loss)(params, batch), state, params)
-    return optax.apply_updates(params, updates), state
-
+  state, step = tx.init(params), _jit_step(tx)
   for batch in batches:
     batch = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("d"))), batch)
     params, state = jax.block_until_ready(step(params, state, batch))

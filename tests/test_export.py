@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from impjax import models
+from conftest import mlp_with_bits
 from impjax import quantization
 from impjax import transforms
 from impjax.transforms import Scheme
@@ -76,11 +76,7 @@ def test_per_channel_bits_clip_and_fp8_storage():
 
 
 def test_loaded_model_reproduces_fake_quant_outputs():
-  model = models.MLP(64, (32,), 10, rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  bits = jax.tree.map(lambda _: None, params)
-  bits["hidden"][0]["kernel"], bits["head"]["kernel"] = 4, 8
+  graphdef, params, bits = mlp_with_bits(64, 32, 10, 4, 8)
   scheme = Scheme(channel_axes=(-1,))
   x = jnp.asarray(np.random.default_rng(1).random((16, 8, 8, 1)), jnp.float32)
   apply = jax.jit(lambda p: nnx.merge(graphdef, p)(x))

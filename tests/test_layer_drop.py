@@ -11,17 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import build
 import impjax as ij
 from impjax import slicing
 
 DEPTH = 5
-
-
-def build(cls, *args):
-  """``(graphdef, params)`` of ``cls(*args)``, initialized in one jitted call (fast to compile)."""
-  make = lambda: cls(*args, rngs=nnx.Rngs(0))
-  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make(), nnx.Param)))()
-  return nnx.graphdef(nnx.eval_shape(make)), params
 
 
 @pytest.fixture(scope="module")

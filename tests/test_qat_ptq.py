@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import mlp_with_bits
 from impjax import groups
-from impjax import models
 from impjax import quantization
 from impjax import scores
 from impjax import train
@@ -41,11 +41,7 @@ def test_quantized_value_and_straight_through_gradient():
 
 
 def test_qat_train_step_across_steps_matches_manual_updates():
-  model = models.MLP(16, (8,), 3, rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  bits = jax.tree.map(lambda _: None, params)
-  bits["hidden"][0]["kernel"], bits["head"]["kernel"] = 4, 3
+  graphdef, params, bits = mlp_with_bits(16, 8, 3, 4, 3)
   tx = optax.adamw(1e-2)
   loss_fn = transforms.quantized(train.cross_entropy, bits, SCHEME, argnum=1)
   step = train.make_train_step(graphdef, tx, loss_fn=loss_fn)

@@ -189,6 +189,20 @@ def test_topk_traced_sparsity_matches_eager_at_rounding_edges():
     assert_masks_equal(eager, ref_topk(scores, s))
 
 
+def test_prune_lowest_ties_spanning_many_chunks():
+  """Leaves of several 2^18-element chunks, ties on every value: the cutoff falls inside one
+  chunk (ranked by cumsum) with whole chunks of ties before and after it (plain compares)."""
+  rng = np.random.default_rng(7)
+  leaves = [jnp.asarray(rng.integers(-4, 5, n), jnp.float32) for n in (3 * 2**18 + 123, 70_001)]
+  total = sum(x.size for x in leaves)
+  for k in (0, 1, total // 3, total // 2 + 17, total - 1, total):
+    got = select.prune_lowest(leaves, k)
+    assert_masks_equal(got, ref_prune_lowest(leaves, k))
+    assert sum(int((~m).sum()) for m in got) == k
+  equal = [jnp.zeros(2 * 2**18)]  # the cutoff exactly at the chunk boundary
+  assert_masks_equal(select.prune_lowest(equal, 2**18), ref_prune_lowest(equal, 2**18))
+
+
 def test_topk_ties_and_signed_zeros_by_hand():
   # Equal scores (0.0 == -0.0) are pruned in leaf order, then by flat index.
   scores = {"a": jnp.array([0.0, -0.0, 1.0]), "b": jnp.array([-0.0, 0.0, -1.0])}

@@ -169,14 +169,23 @@ def _ties_before_this_device(count: jax.Array, axis_name: str | None):
 def _keep_breaking_ties(x: jax.Array, threshold, need, first_position,
                         axis_name: str | None) -> jax.Array:
   """Keep-mask of one leaf where ties at ``threshold`` are pruned while their global
-  position (``first_position`` + running count in this leaf) is at most ``need``."""
+  position (``first_position`` + running count in this leaf) is at most ``need``.
+
+  Only the chunk in which the position crosses ``need`` ranks its ties (a ``cumsum``); every
+  other chunk prunes all or none of its ties, a plain compare."""
   def write(carry, start, chunk):
     out, seen = carry
     keys = sortable_keys(chunk)
     tie = keys == threshold
-    position = jnp.cumsum(tie, dtype=jnp.int32) + seen
-    keep = (keys > threshold) | (tie & (position > need))
-    return lax.dynamic_update_slice(out, keep, (start,)), seen + jnp.sum(tie, dtype=jnp.int32)
+    ties_here = jnp.sum(tie, dtype=jnp.int32)
+
+    def ranked():
+      position = jnp.cumsum(tie, dtype=jnp.int32) + seen
+      return (keys > threshold) | (tie & (position > need))
+
+    keep = lax.cond((seen < need) & (seen + ties_here > need), ranked,
+                    lambda: (keys > threshold) | (tie & (seen >= need)))
+    return lax.dynamic_update_slice(out, keep, (start,)), seen + ties_here
   out, _ = _fold_chunks(x, write, (_local(jnp.zeros((x.size,), jnp.bool_), axis_name),
                                    first_position))
   return out.reshape(x.shape)
