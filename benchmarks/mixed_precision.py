@@ -19,7 +19,13 @@ kernel weight, the test accuracy of:
   sensitivity over the choices {2, 3, 4, 5, 6, 8} under the bit budget) and ``greedy``.
 
 Besides accuracy, the KL divergence of the quantized model's test predictions from the float
-model's measures fidelity (accuracy saturates at 3+ bits on digits).
+model's measures fidelity: accuracy saturates at 3+ bits on digits (uniform 4-5 bits already
+match the float model's accuracy on most seeds, so no allocation can beat them there), so
+accuracy claims are ">=" and the strict claims are on KL. The lowering orders are handicapped
+by construction against uniform: at an average of B bits half the weights go to B-1 bits, whose
+squared error is ~4x that of B (at B = 3 that is ternary, 2-bit, channels), and only half gain
+B+1; the order has to concentrate the sensitivity very unevenly to win, while the knapsack
+chooses among all of {2, ..., 8}.
 
 The curvature ``H`` in ``Omega`` is the empirical Fisher diagonal over the whole TRAINING split
 (per-example gradients, as ``one_shot_quality.py`` computes it for OBD), the positive
@@ -250,12 +256,20 @@ def main(argv=None):
                 mean(("knapsack", a), field) / max(mean(("uniform", a), field), 1e-12)]
     print(common.format_table(header, rows))
 
+  # Accuracy saturates on digits (uniform 4-5 bits already match the float model on 360 test
+  # examples, so nothing can beat it there): accuracy claims are ">=", and fidelity to the float
+  # model (KL, lower is better) carries the strict comparisons.
   claims = {}
   for a in AVG_BITS:
     acc = {m: mean((m, a)) for m in methods}
-    claims[str(a)] = {f"{m}_accuracy_gt_{o}": acc[m] > acc[o] for m, o in
-                      (("importance", "uniform"), ("importance", "random"),
-                       ("importance", "reversed"), ("knapsack", "uniform"))}
+    kl = {m: mean((m, a), "kl") for m in methods}
+    claims[str(a)] = {
+        **{f"{m}_accuracy_ge_{o}": acc[m] >= acc[o] for m, o in
+           (("importance", "uniform"), ("importance", "random"), ("importance", "reversed"),
+            ("knapsack", "uniform"))},
+        **{f"{m}_kl_lt_{o}": kl[m] < kl[o] for m, o in
+           (("importance", "uniform"), ("importance", "random"), ("importance", "reversed"),
+            ("knapsack", "uniform"))}}
     print(f"  {a} bits: " + ", ".join(f"{k} {'HOLDS' if v else 'DOES NOT HOLD'}"
                                       for k, v in claims[str(a)].items()))
 

@@ -14,7 +14,8 @@ from impjax.transforms.layer_drop import (every_other, layer_drop, layer_drop_ke
 from impjax.transforms.layer_samplers import (IstState, LayerSampler, LisaState, ist,
                                               ist_scores, lisa, sample_layers)
 from impjax.transforms.layer_stack import (gather, get_path, layer_scores, num_layers,
-                                           run_layers, run_sampled, scatter, set_path)
+                                           run_layers, run_sampled, scatter, set_path,
+                                           stack_layers, unstack_layers)
 from impjax.transforms.ordered_dropout import (FJORD_WIDTHS, ORDER_RULES, ImportanceOrderState,
                                                at_width, fjord_width, importance_order,
                                                index_ranks, nested_width, num_kept,
@@ -27,7 +28,7 @@ __all__ += [
     "every_other", "layer_drop", "layer_drop_keep", "layer_drop_probs", "most_important",
     "IstState", "LayerSampler", "LisaState", "ist", "ist_scores", "lisa", "sample_layers",
     "gather", "get_path", "layer_scores", "num_layers", "run_layers", "run_sampled", "scatter",
-    "set_path", "FJORD_WIDTHS", "ORDER_RULES", "ImportanceOrderState", "at_width", "fjord_width",
+    "set_path", "stack_layers", "unstack_layers", "FJORD_WIDTHS", "ORDER_RULES", "ImportanceOrderState", "at_width", "fjord_width",
     "importance_order", "index_ranks", "nested_width", "num_kept", "ordered_dropout",
     "unit_ranks", "unit_scores", "width_masks", "LayerSampling", "LayerSamplingState",
     "layer_sampling", "targeted", "targeted_dropout", "targeted_masks",

