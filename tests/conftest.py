@@ -1,13 +1,25 @@
 """Shared fixtures: small parameter trees (a tiny CNN + MLP) with seeded random values, and
 small impjax models."""
 
-from flax import nnx
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+import atexit
+import functools
+import os
+import shutil
+import tempfile
 
-from impjax import models
+# Each test session (each pytest-xdist worker) prepares the datasets in its own directory, set
+# before impjax is imported: parallel workers never race on one tfds directory, and the tests
+# never touch the user's data directory.
+os.environ["IMPJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="impjax_test_data_")
+atexit.register(functools.partial(shutil.rmtree, os.environ["IMPJAX_DATA_DIR"], True))
+
+from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from impjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = {
     "conv": {"kernel": (3, 3, 1, 8), "bias": (8,)},

@@ -19,8 +19,9 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   this file (tfds' own lookup imports the absent ``importlib_resources``).
 
   Example:
+    >>> import tempfile
     >>> from impjax.data import prepare_digits
-    >>> builder = SklearnDigits(data_dir=prepare_digits("/tmp/tfds"))
+    >>> builder = SklearnDigits(data_dir=prepare_digits(tempfile.mkdtemp()))
     >>> len(builder.as_data_source(split="test"))
     360
   """

@@ -27,8 +27,10 @@ def prepare_digits(data_dir: str | None = None) -> str:
     The data directory used.
 
   Example:
-    >>> prepare_digits("/tmp/tfds")
-    '/tmp/tfds'
+    >>> import tempfile
+    >>> data_dir = tempfile.mkdtemp()
+    >>> prepare_digits(data_dir) == data_dir
+    True
   """
   data_dir = os.fspath(data_dir or DEFAULT_DATA_DIR)
   builder = SklearnDigits(data_dir=data_dir)
@@ -64,7 +66,8 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
     ValueError: ``image_key`` or ``label_key`` is not a feature.
 
   Example:
-    >>> data = load_split("sklearn_digits", "test", "/tmp/tfds")
+    >>> import tempfile
+    >>> data = load_split("sklearn_digits", "test", tempfile.mkdtemp())
     >>> data["image"].shape, data["label"].dtype
     ((360, 8, 8, 1), dtype('int32'))
   """
