@@ -72,6 +72,31 @@ def test_prepare_is_idempotent(data_dir):
   assert snapshot() == before
 
 
+def test_prepare_keeps_the_copy_of_a_process_that_finished_first(tmp_path, monkeypatch,
+                                                                   reference):
+  """The losing process of a concurrent preparation gets tfds' FileExistsError from its final
+  rename: the dataset is in place, so it goes on; with no dataset there, the error stands."""
+  from impjax.data import digits  # pylint: disable=g-import-not-at-top
+  real = digits.SklearnDigits.download_and_prepare
+
+  def lose_the_race(self, *args, **kwargs):
+    real(self, *args, **kwargs)  # the other process's copy lands first
+    raise FileExistsError("Destination .../sklearn_digits/1.0.0 already exists.")
+
+  monkeypatch.setattr(digits.SklearnDigits, "download_and_prepare", lose_the_race)
+  data_dir = str(tmp_path / "shared")
+  assert prepare_digits(data_dir) == data_dir
+  np.testing.assert_array_equal(load_split("sklearn_digits", "test", data_dir)["label"],
+                                reference["test"][1])
+
+  def fail(self, *args, **kwargs):
+    raise FileExistsError("no dataset behind this")
+
+  monkeypatch.setattr(digits.SklearnDigits, "download_and_prepare", fail)
+  with pytest.raises(FileExistsError, match="no dataset behind this"):
+    prepare_digits(str(tmp_path / "empty"))
+
+
 class TinyBytes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Unregistered uint8 dataset with non-default keys, read back from files."""
 

@@ -18,7 +18,10 @@ DEFAULT_DATA_DIR = os.environ.get(
 def prepare_digits(data_dir: str | None = None) -> str:
   """Builds ``sklearn_digits`` into ``data_dir`` unless it is already there.
 
-  tfds' progress prints go to the log instead of standard output.
+  tfds' progress prints go to the log instead of standard output. Several processes may
+  prepare the same directory at once (every process of a multi-process launch does): tfds
+  builds each in its own temporary directory, and a process whose finished copy finds the
+  dataset already in place keeps that one.
 
   Args:
     data_dir: tfds data directory; defaults to ``DEFAULT_DATA_DIR``.
@@ -36,8 +39,12 @@ def prepare_digits(data_dir: str | None = None) -> str:
   builder = SklearnDigits(data_dir=data_dir)
   if not builder.is_prepared():
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-      builder.download_and_prepare()
+    try:
+      with contextlib.redirect_stdout(printed):
+        builder.download_and_prepare()
+    except FileExistsError:  # another process moved its copy into place first
+      if not SklearnDigits(data_dir=data_dir).is_prepared():
+        raise
     logging.info("Prepared sklearn_digits in %s. %s", data_dir, printed.getvalue().strip())
   return data_dir
 
