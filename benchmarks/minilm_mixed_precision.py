@@ -14,6 +14,10 @@ At an average of 3, 4 and 5 bits per quantized kernel weight (weighted by parame
   kernel at B+1 bits, then kernels drop to B-1 bits in order until the average is at most B:
   least important first (importance = sensitivity removed per weight-bit,
   ``select.gain_per_bit``), in random orders (mean over several), or most important first;
+* ``block_influence``: the same lowering with Layer-Wise Quantization's own order: every
+  encoder layer scored by its block influence ``1 - mean cos(h_in, h_out)`` over the real
+  tokens of the calibration sentences (``scores.block_influence_sums``), each kernel taking
+  its layer's score (``select.layer_importance``): the least influential layers drop first;
 * two weaker sensitivities for the knapsack, for comparison: ``knapsack_fisher`` (HAWQ's
   ``Tr(F_k)/n_k * ||Q_b(W_k) - W_k||^2``, ``quantization.hawq_table``, with ``F`` the diagonal
   of the Fisher of the sentence embedding: the embedding taken as the mean of a unit
@@ -31,11 +35,14 @@ distortion with a Spearman correlation of 0.13 (its scale is not comparable acro
 query/key errors pass a softmax, intermediate errors a GELU and another kernel). The Fisher
 predicts the 3-bit distortion well (Spearman 0.94, mostly within 1.5x) but not the 2-bit one:
 it underestimates query/key kernels 1.3-4x (the softmax is far from quadratic there) and
-overestimates value kernels 2-5x, so its knapsack puts query/key at 2 bits.
+overestimates value kernels 2-5x, so its knapsack puts query/key at 2 bits. Block influence
+rises with depth (0.13 0.13 0.11 0.14 0.21 0.42 on layers 0-5), so it lowers the first three
+layers: below random at 3 bits (fidelity 0.15 vs 0.17), above it at 4 and 5, below uniform
+and the measured importance order at all three.
 
 Calibration uses the calibration split only (a seeded shuffle; the measured table on its
-first ``--measure`` sentences; the Fisher, ``--probes`` Gaussian probes per batch, and the input
-moments over its first ``--calibration`` sentences).
+first ``--measure`` sentences; the Fisher, ``--probes`` Gaussian probes per batch, the input
+moments and the block influence over its first ``--calibration`` sentences).
 Quality is measured on the evaluation split only (Python reference pages disjoint from
 calibration): ``fidelity`` = mean cosine of each text's embedding to the float model's over
 the retrieval queries and passages, ``retrieval_top1`` = fraction of queries whose nearest
@@ -119,12 +126,32 @@ def measured_table(config, params, the_plan, batch):
                                   jnp.float32), params)
 
 
+def _activations(config, params, batch):
+  """Every tapped activation of the encoder on ``batch``: ``{path: array}``."""
+  return capture.intermediates(lambda m: m(batch["ids"], batch["mask"]),
+                               minilm.from_params(config, params))[1]
+
+
 def _linear_input_grams(config, params, batch):
   """Sums of ``x x^T`` over the real tokens of every Linear's inputs (for ``capture``)."""
-  _, acts = capture.intermediates(lambda m: m(batch["ids"], batch["mask"]),
-                                  minilm.from_params(config, params))
+  acts = _activations(config, params, batch)
   return {path.removesuffix("/inputs") + "/kernel": scores.token_gram(x, batch["mask"])
           for path, x in acts.items() if path.count("/") == 3 and path.endswith("/inputs")}
+
+
+def _block_influence_sums(config, params, batch):
+  """Sums of ``1 - cos(h_in, h_out)`` over the real tokens of every encoder layer."""
+  acts = _activations(config, params, batch)
+  return {f"layers/{i}": scores.block_influence_sums(acts[f"layers/{i}/inputs"],
+                                                     acts[f"layers/{i}/outputs"], batch["mask"])
+          for i in range(config.num_layers)}
+
+
+def block_influence(config, params, batches):
+  """Layer-Wise Quantization's block influence of every encoder layer: ``{"layers/i": BI}``."""
+  sums = capture.calibrate(functools.partial(_block_influence_sums, config), params, batches,
+                           total=len(batches))
+  return {layer: float(m["influence"]) for layer, m in scores.means(sums).items()}
 
 
 def input_moments(config, params, batches):
@@ -181,6 +208,8 @@ def main(argv=None):
   out_table = jax.jit(lambda p, m: quantization.output_error_table(p, m, CHOICES, the_plan,
                                                                    SCHEME))(
       params, input_moments(model.config, params, batches))
+  influence = block_influence(model.config, params, batches)
+  print("block influence per layer: " + " ".join(f"{v:.4f}" for v in influence.values()))
   print(f"sensitivities ready ({time.time() - started:.0f}s)", flush=True)
 
   quantize = jax.jit(lambda p, b: transforms.fake_quant(p, b, SCHEME))
@@ -207,6 +236,8 @@ def main(argv=None):
         (("knapsack_output_error", avg), lambda a=avg: select.allocate(
             out_table, params, the_plan, CHOICES, avg_bits=a)),
         (("importance", avg), lambda a=avg, g=gain: lower(g, avg=a)),
+        (("block_influence", avg), lambda a=avg: lower(
+            select.layer_importance(influence, params, the_plan), avg=a)),
         (("reversed", avg), lambda a=avg, g=gain: lower(jax.tree.map(jnp.negative, g), avg=a))]
     jobs += [(("random", avg, r), lambda a=avg, r=r: lower(
         scores.random(jax.random.key(1000 * args.seed + r), sizes), avg=a))
@@ -221,7 +252,7 @@ def main(argv=None):
     results[("random", avg)]["per_order"] = runs
 
   methods = ("uniform", "knapsack", "knapsack_fisher", "knapsack_output_error", "importance",
-             "random", "reversed")
+             "block_influence", "random", "reversed")
   print("\nall-MiniLM-L6-v2, encoder Linear kernels fake-quantized per output channel "
         "(symmetric RTN); embeddings, LayerNorms and biases float. Units: whole kernels. "
         "Lowering orders use B-1 / B+1 bits; random = mean over "
@@ -249,7 +280,8 @@ def main(argv=None):
     fid = {m: results[(m, a)]["fidelity"] for m in methods}
     claims[str(a)] = {f"{m}_fidelity_gt_{o}": bool(fid[m] > fid[o]) for m, o in
                       (("knapsack", "uniform"), ("importance", "random"),
-                       ("importance", "reversed"), ("importance", "uniform"))}
+                       ("importance", "reversed"), ("importance", "uniform"),
+                       ("block_influence", "random"), ("block_influence", "uniform"))}
     print(f"  {a} bits: " + ", ".join(f"{k} {'HOLDS' if v else 'DOES NOT HOLD'}"
                                       for k, v in claims[str(a)].items()))
   elapsed = time.time() - started
@@ -264,6 +296,7 @@ def main(argv=None):
                   "float": "embeddings, LayerNorms, biases",
                   "sensitivity": "measured embedding distortion, one kernel at a time "
                                  "(ZeroQ), on calibration text",
+                  "block_influence": influence,
                   "measured_sentences": n_measure, "calibration_sentences": len(calibration), "probes_per_batch": args.probes,
                   "queries": n_q, "passages": len(passages), "random_orders": n_random,
                   "seed": args.seed, "quick": args.quick},

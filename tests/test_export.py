@@ -1,5 +1,6 @@
 """Tests for impjax.quantization.export: int4 packing against a nibble formula, bytes against the
-storage formula, and loading back to exactly the fake-quantized values and model outputs."""
+storage formula, and loading back to exactly the fake-quantized values and model outputs, with
+and without salient input channels."""
 
 from flax import nnx
 import jax
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import mlp_with_bits
+from impjax import groups
 from impjax import quantization
+from impjax import select
 from impjax import transforms
 from impjax.transforms import Scheme
 
@@ -95,3 +98,65 @@ def test_export_errors():
     jax.jit(lambda b: quantization.export({"w": jnp.ones(4)}, {"w": b}))(jnp.int32(4))
   with pytest.raises(ValueError, match=r"leaf 'w'.*\[2, 8\]"):
     quantization.export({"w": jnp.ones(4)}, {"w": 16})
+
+
+# Input channels 3, 7 and 20 of dense/kernel are salient (from their squared magnitudes).
+PLAN = groups.plan(PARAMS, [(r"kernel$", groups.element())])
+SALIENT = select.salient_channels(jax.tree.map(jnp.square, PARAMS), PLAN, 0.125)
+
+
+@pytest.mark.parametrize("scheme", [Scheme(channel_axes=(-1,)), Scheme(False, (-1,), 4)],
+                         ids=["channel", "asym_grouped"])
+def test_salient_export_load_equals_fake_quant_and_bytes_match(scheme):
+  salient_rows = np.flatnonzero(np.asarray(SALIENT["dense"]["kernel"]))
+  assert SALIENT["dense"]["kernel"].shape == (24, 1) and salient_rows.size == 3
+  scales = int(np.prod(transforms.scale_shape((24, 6), scheme)))
+  quant = jax.jit(lambda p, s, b, sb: transforms.fake_quant(  # traced bits: one compilation
+      p, {"dense": {"kernel": b, "bias": None}, "head": {"kernel": "bfloat16"}}, scheme, None,
+      s, sb))
+  for bits, salient_bits in ((2, 8), (4, 8), (5, 8), (3, 4)):
+    # head/kernel's mask is ignored: a float format is not stored as integers.
+    tree_bits = {"dense": {"kernel": bits, "bias": None}, "head": {"kernel": "bfloat16"}}
+    stored = quantization.export(PARAMS, tree_bits, scheme, salient=SALIENT,
+                                 salient_bits=salient_bits)
+    loaded = quantization.load(stored)
+    eager = transforms.fake_quant(PARAMS, tree_bits, scheme, salient=SALIENT,
+                                  salient_bits=salient_bits)
+    jitted = quant(PARAMS, SALIENT, jnp.int32(bits), jnp.int32(salient_bits))
+    for got, ref, ref_jit in zip(*map(jax.tree.leaves, (loaded, eager, jitted))):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(ref_jit))
+    # By hand: 3 salient rows x 6 outputs at salient_bits, 21 x 6 at bits; int4 packs two per
+    # byte; two sets of float32 scales (and int8 zero points when asymmetric), int8 bits per
+    # scale plus one for the salient values, and the (24, 1) mask as 3 bytes.
+    kernel = stored["dense"]["kernel"]
+    narrow = (126 if bits <= 4 else 0) + (18 if salient_bits <= 4 else 0)
+    assert (kernel.nibbles.size, kernel.wide.size) == (-(-narrow // 2), 144 - narrow)
+    value_bytes = -(-narrow // 2) + 144 - narrow
+    zero_points = 0 if scheme.symmetric else 2 * scales
+    assert quantization.bytes_per_leaf(stored)["dense/kernel"] == (
+        value_bytes + 2 * 4 * scales + zero_points + scales + 1 + 3)
+    if (bits, salient_bits) == (4, 8):  # the values' storage is select.average_bits' count
+      assert 8 * value_bytes == 144 * select.average_bits(
+          {"k": 4}, {"k": PARAMS["dense"]["kernel"]}, {"k": SALIENT["dense"]["kernel"]}, 8)
+  assert quantization.export(PARAMS, tree_bits, scheme)["dense"]["kernel"].salient is None
+
+
+def test_salient_mask_errors_name_the_leaf():
+  bits = {"dense": {"kernel": 4, "bias": None}, "head": {"kernel": 4}}
+  bad_shape = {**SALIENT, "dense": {"kernel": jnp.ones((23, 1), bool), "bias": None}}
+  for fn in (quantization.export, transforms.fake_quant):
+    with pytest.raises(ValueError, match=r"salient mask of leaf 'dense/kernel' has shape "
+                                         r"\(23, 1\).*\(24, 6\)"):
+      fn(PARAMS, bits, salient=bad_shape)
+  with pytest.raises(ValueError, match=r"salient mask of leaf 'head/kernel' has shape "
+                                       r"\(2, 6, 4\)"):
+    quantization.export(PARAMS, bits, salient={**SALIENT, "head": {"kernel": jnp.ones((2, 6, 4),
+                                                                                       bool)}})
+  with pytest.raises(ValueError, match=r"salient mask of leaf 'dense/kernel' must be bool"):
+    quantization.export(PARAMS, bits, salient={**SALIENT, "dense": {"kernel": jnp.ones((24, 1)),
+                                                                     "bias": None}})
+  with pytest.raises(ValueError, match="concrete bits and salient masks; leaf 'dense/kernel'"):
+    jax.jit(lambda s: quantization.export(PARAMS, bits, salient=s))(SALIENT)
+  with pytest.raises(ValueError, match=r"leaf 'salient_bits'.*\[2, 8\]"):
+    quantization.export(PARAMS, bits, salient=SALIENT, salient_bits=16)

@@ -5,11 +5,15 @@ and loading back to exactly the fake-quantized values.
 4 bits or fewer as uint8 bytes holding two 4-bit values each, the others as int8 (a leaf with
 per-channel bits splits its channels between the two), float32 scales, int8 zero points when
 asymmetric, and the int8 bits per scale. Leaves with a float format are stored as arrays of
-that dtype, the others unchanged. ``load`` reverses it: ``load(export(p, bits))`` equals
-``impjax.transforms.fake_quant(p, bits)`` bit for bit. ``nbytes`` counts what is stored.
+that dtype, the others unchanged. With ``salient`` masks (PTQ1.61's salient input channels,
+:func:`impjax.select.salient_channels`), the salient values are stored at ``salient_bits``
+with their own scales, the mask kept as bits. ``load`` reverses it:
+``load(export(p, bits, salient=m))`` equals ``impjax.transforms.fake_quant(p, bits,
+salient=m)`` bit for bit. ``nbytes`` counts what is stored, masks and scales included.
 
-Reference: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
-Integer-Arithmetic-Only Inference" (integer values with a scale and a zero point).
+References: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference" (integer values with a scale and a zero point); Zhao et al.
+2024, "PTQ1.61" (salient input channels at higher precision).
 
 Example:
   >>> import jax.numpy as jnp
@@ -32,6 +36,7 @@ import numpy as np
 
 from impjax import transforms
 from impjax import tree_utils
+from impjax.transforms.fake_quant import check_salient_tree
 
 NIBBLE_BITS = 4  # values of at most this many bits are packed two per byte
 
@@ -47,8 +52,14 @@ class Packed:
     wide: int8 ``(n - m,)``: the other values, in row-major order.
     scale: float32 scales (see :class:`impjax.transforms.Quantized`).
     zero_point: int8 zero points, or ``None`` when symmetric.
-    bits: int8 bits per scale (which values are nibbles).
+    bits: int8 bits per scale of the non-salient values (which of them are nibbles).
     shape: the array's shape (static).
+    salient: ``None``, or uint8 bits of the salient mask (in its own shape, row-major, low
+      bit first): those values are stored at ``salient_bits`` with their own scales.
+    salient_scale: float32 scales of the salient values (like ``scale``), or ``None``.
+    salient_zero_point: their int8 zero points, or ``None``.
+    salient_bits: int8 scalar bits of the salient values, or ``None``.
+    salient_shape: the salient mask's shape (static), or ``None``.
 
   Example:
     >>> p = export({"w": jnp.ones((3, 2))}, {"w": 4})["w"]
@@ -61,6 +72,12 @@ class Packed:
   zero_point: jax.Array | None
   bits: jax.Array
   shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+  salient: jax.Array | None = None
+  salient_scale: jax.Array | None = None
+  salient_zero_point: jax.Array | None = None
+  salient_bits: jax.Array | None = None
+  salient_shape: tuple[int, ...] | None = dataclasses.field(default=None,
+                                                            metadata={"static": True})
 
 
 @jax.jit
@@ -91,14 +108,18 @@ def unpack_int4(data: jax.Array, size: int) -> jax.Array:
 _quantize = jax.jit(transforms.quantize, static_argnums=(2,))
 
 
-def _narrow(bits: jax.Array, scale: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
-  """Flat bool mask of the values stored as nibbles."""
+def _narrow(bits: jax.Array, scale: jax.Array, shape: tuple[int, ...],
+            salient: np.ndarray | None = None, salient_bits: int = 8) -> np.ndarray:
+  """Flat bool mask of the values stored as nibbles (salient values have ``salient_bits``)."""
   per_scale = jnp.broadcast_to(jnp.asarray(bits, jnp.int8), scale.shape)
-  return np.asarray(transforms.expand(per_scale, shape)).reshape(-1) <= NIBBLE_BITS
+  width = np.asarray(transforms.expand(per_scale, shape))
+  if salient is not None:
+    width = np.where(np.broadcast_to(salient, shape), salient_bits, width)
+  return width.reshape(-1) <= NIBBLE_BITS
 
 
 def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme(),
-           clip: Any = None) -> Any:
+           clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Any:
   """Stores ``params`` quantized as ``bits`` (concrete) says.
 
   Args:
@@ -106,6 +127,12 @@ def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme
     bits: bits tree as for :func:`impjax.transforms.fake_quant` (concrete values).
     scheme: the quantization scheme.
     clip: optional clip-ratio tree (e.g. from :func:`impjax.quantization.calibrate`).
+    salient: optional tree like ``params`` of concrete bool masks that broadcast to their
+      leaf (``None`` leaves: none), e.g. :func:`impjax.select.salient_channels`: those values
+      are stored at ``salient_bits`` with their own scales, the others at the leaf's bits with
+      scales computed without them, as in :func:`impjax.transforms.fake_quant`. Masks of
+      leaves that are not stored as integers are ignored.
+    salient_bits: bits of the salient values, in [2, 8] (at most 4: packed as nibbles).
 
   Returns:
     A tree like ``params``: :class:`Packed` for integer leaves, narrow float arrays for
@@ -116,37 +143,76 @@ def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme
     ...                 transforms.Scheme(channel_axes=(-1,)))
     >>> stored["w"].nibbles.tolist(), stored["w"].wide.tolist()
     ([3], [-32, 127])
+    >>> w = jnp.array([[0.5, -0.375], [127.0, 4.0], [0.125, 0.5]])  # input 1 is salient
+    >>> stored = export({"w": w}, {"w": 2}, salient={"w": jnp.array([[False], [True], [False]])})
+    >>> load(stored)["w"].tolist()
+    [[0.5, -0.5], [127.0, 4.0], [0.0, 0.5]]
+    >>> bytes_per_leaf(stored)  # 4 nibbles in 2 bytes, 2 int8, a mask byte, 2 scales, 2 bits
+    {'w': 15}
   """
   transforms.check_bits_tree(params, bits, scheme)
+  transforms.check_bits("salient_bits", salient_bits)
   clip = jax.tree.map(lambda _: None, params) if clip is None else clip
+  salient = check_salient_tree(params, salient)
 
-  def leaf(path, x, b, c):
+  def leaf(path, x, b, c, s):
     if b is None:
       return x
     if transforms.is_format(b):
       return transforms.cast(x, b).astype(transforms.FORMATS[b])
-    if not tree_utils.is_concrete(b):
-      raise ValueError(f"export needs concrete bits; leaf '{path}' has traced bits.")
-    qx = _quantize(x, b, scheme, 1.0 if c is None else c)
-    narrow = _narrow(b, qx.scale, np.shape(x))
-    flat = qx.q.reshape(-1)
-    return Packed(pack_int4(flat[narrow]), flat[~narrow], qx.scale, qx.zero_point,
-                  jnp.broadcast_to(jnp.asarray(b, jnp.int8), qx.scale.shape),
-                  tuple(np.shape(x)))
-  return tree_utils.map_with_path(leaf, params, bits, clip)
+    if not tree_utils.is_concrete(b) or not (s is None or tree_utils.is_concrete(s)):
+      raise ValueError(f"export needs concrete bits and salient masks; leaf '{path}' has "
+                       "traced ones.")
+    c = 1.0 if c is None else c
+    if s is None:
+      qx, kept = _quantize(x, b, scheme, c), None
+      q = qx.q
+    else:
+      s = np.asarray(s)
+      zeros = jnp.zeros_like(x)
+      qx = _quantize(jnp.where(s, zeros, x), b, scheme, c)
+      kept = _quantize(jnp.where(s, x, zeros), salient_bits, scheme, c)
+      q = jnp.where(s, kept.q, qx.q)
+    narrow = _narrow(b, qx.scale, np.shape(x), s, salient_bits)
+    flat = q.reshape(-1)
+    packed = Packed(pack_int4(flat[narrow]), flat[~narrow], qx.scale, qx.zero_point,
+                    jnp.broadcast_to(jnp.asarray(b, jnp.int8), qx.scale.shape),
+                    tuple(np.shape(x)))
+    if s is None:
+      return packed
+    return dataclasses.replace(
+        packed, salient=jnp.packbits(jnp.asarray(s).reshape(-1), bitorder="little"),
+        salient_scale=kept.scale, salient_zero_point=kept.zero_point,
+        salient_bits=jnp.asarray(salient_bits, jnp.int8), salient_shape=tuple(np.shape(s)))
+  return tree_utils.map_with_path(leaf, params, bits, clip, salient)
 
 
 def _is_packed(x: Any) -> bool:
   return isinstance(x, Packed)
 
 
+def _salient_mask(x: Packed) -> np.ndarray | None:
+  """The salient mask of one :class:`Packed` in its own shape, or ``None``."""
+  if x.salient is None:
+    return None
+  size = int(np.prod(x.salient_shape))
+  bits = np.unpackbits(np.asarray(x.salient), count=size, bitorder="little")
+  return bits.astype(bool).reshape(x.salient_shape)
+
+
 def _unpacked(x: Packed) -> jax.Array:
   """Float32 values of one :class:`Packed`."""
-  narrow = _narrow(x.bits, x.scale, x.shape)
+  salient = _salient_mask(x)
+  narrow = _narrow(x.bits, x.scale, x.shape, salient,
+                   None if salient is None else int(x.salient_bits))
   q = jnp.zeros(narrow.shape, jnp.int8)
   q = q.at[np.flatnonzero(narrow)].set(unpack_int4(x.nibbles, int(narrow.sum())))
   q = q.at[np.flatnonzero(~narrow)].set(x.wide).reshape(x.shape)
-  return transforms.dequantize(transforms.Quantized(q, x.scale, x.zero_point))
+  values = transforms.dequantize(transforms.Quantized(q, x.scale, x.zero_point))
+  if salient is None:
+    return values
+  kept = transforms.dequantize(transforms.Quantized(q, x.salient_scale, x.salient_zero_point))
+  return jnp.where(salient, kept, values)
 
 
 def load(stored: Any) -> Any:
@@ -161,7 +227,8 @@ def load(stored: Any) -> Any:
 
 
 def bytes_per_leaf(stored: Any) -> dict[str, int]:
-  """Stored bytes of every leaf (a :class:`Packed` counts all its arrays).
+  """Stored bytes of every leaf (a :class:`Packed` counts all its arrays: values, scales, zero
+  points, bits, and the salient mask with its scales).
 
   Example:
     >>> bytes_per_leaf({"w": jnp.zeros(3), "q": export({"k": jnp.ones(4)}, {"k": 8})["k"]})

@@ -12,9 +12,11 @@ __all__ = [
 ]
 
 from impjax.select.bits import (allocate, average_bits, bits_of, gain_per_bit, greedy, knapsack,
-                                lowering, order_bits, salient_channels, to_bits, unit_sizes)
+                                layer_importance, lowering, order_bits, salient_channels,
+                                to_bits, unit_sizes)
 
 __all__ += [
-    "allocate", "average_bits", "bits_of", "gain_per_bit", "greedy", "knapsack", "lowering",
+    "allocate", "average_bits", "bits_of", "gain_per_bit", "greedy", "knapsack",
+    "layer_importance", "lowering",
     "order_bits", "salient_channels", "to_bits", "unit_sizes",
 ]

@@ -15,8 +15,9 @@ or float formats (``"float8_e4m3fn"``, ``"bfloat16"``: 8 and 16 bits). Three all
 
 Each works on flat arrays (jittable; costs and budget static) and, through
 :func:`allocate` and :func:`order_bits`, on trees, returning a bits tree for
-:func:`impjax.transforms.fake_quant`. :func:`salient_channels` picks input channels to keep
-at higher precision (PTQ1.61).
+:func:`impjax.transforms.fake_quant`; :func:`layer_importance` spreads one score per layer
+(e.g. block influence) over its units for :func:`order_bits`. :func:`salient_channels` picks
+input channels to keep at higher precision (PTQ1.61).
 
 References: Yao et al. 2021, "HAWQ-V3: Dyadic Neural Network Quantization"; Dong et al. 2020,
 "HAWQ-V2"; Dumitru et al. 2024, "Layer-Wise Quantization: A Pragmatic and Effective Method
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -397,6 +398,62 @@ def order_bits(importance: Any, params: Any, the_plan: Any, low: int, high: int,
                     np.concatenate(size_leaves), low, high, avg_bits)
   indices = jax.tree.unflatten(treedef, _split(chosen, size_leaves))
   return to_bits(indices, (low, high), params, the_plan)
+
+
+def layer_importance(layer_scores: Mapping[str, Any], params: Any, the_plan: Any) -> Any:
+  """Per-unit importance from one score per layer: every unit of every planned leaf under a
+  layer's path prefix gets that layer's score, for :func:`order_bits`.
+
+  With Layer-Wise Quantization's block influence ``BI = 1 - cos(h_in, h_out)`` per layer
+  (:func:`impjax.scores.block_influence_sums` then :func:`impjax.scores.means`, over
+  calibration tokens), :func:`order_bits` keeps the most influential layers at ``high`` bits
+  and lowers the others, least influential first (kernels of one layer tie: they drop in tree
+  order). Scores may be traced.
+
+  Args:
+    layer_scores: ``{path prefix: scalar score}``, e.g. ``{"layers/0": 0.12, ...}``; a leaf
+      belongs to the layer whose prefix its path equals or continues with ``/``.
+    params: the params (for unit counts).
+    the_plan: the units (:func:`impjax.groups.plan`); every planned leaf must belong to
+      exactly one layer, and every layer must have a planned leaf.
+
+  Returns:
+    A tree like ``params`` of float32 ``(num_units,)`` scores (empty for dense leaves).
+
+  Reference: Dumitru et al. 2024, "Layer-Wise Quantization: A Pragmatic and Effective Method
+  for Quantizing LLMs Beyond Integer Bit-Levels" (block influence from Men et al. 2024,
+  "ShortGPT").
+
+  Example:
+    >>> from impjax import groups
+    >>> p = {"layers": [{"kernel": jnp.ones((4, 4))}, {"kernel": jnp.ones((4, 4))}]}
+    >>> plan = groups.plan(p, [("kernel", groups.leaf())])
+    >>> imp = layer_importance({"layers/0": 0.3, "layers/1": 0.1}, p, plan)  # e.g. BI
+    >>> bits = order_bits(imp, p, plan, 2, 4, 3.0)
+    >>> int(bits["layers"][0]["kernel"]), int(bits["layers"][1]["kernel"])
+    (4, 2)
+  """
+  for prefix, score in layer_scores.items():
+    if np.shape(score) != ():
+      raise ValueError(f"layer_scores['{prefix}'] must be a scalar, got shape "
+                       f"{np.shape(score)}.")
+  used = set()
+
+  def leaf(path, g, n):
+    if g.kind == "dense":
+      return jnp.zeros((0,), jnp.float32)
+    owners = [p for p in layer_scores if path == p or path.startswith(p.rstrip("/") + "/")]
+    if len(owners) != 1:
+      raise ValueError(f"Leaf '{path}' belongs to {len(owners)} layers of layer_scores "
+                       f"({owners}); each planned leaf needs exactly one.")
+    used.add(owners[0])
+    return jnp.full((n.size,), layer_scores[owners[0]], jnp.float32)
+  out = tree_utils.map_with_path(leaf, the_plan, unit_sizes(params, the_plan),
+                                 is_leaf=lambda v: isinstance(v, groups.Granularity))
+  unused = sorted(set(layer_scores) - used)
+  if unused:
+    raise ValueError(f"layer_scores has layers with no planned leaf: {unused}.")
+  return out
 
 
 def gain_per_bit(table: Any, params: Any, the_plan: Any, choices: Sequence[Choice],

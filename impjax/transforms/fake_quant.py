@@ -351,18 +351,23 @@ def _is_none(x: Any) -> bool:
   return x is None
 
 
+def _given_leaves(params: Any, tree: Any, name: str) -> list[tuple[str, Any, Any]]:
+  """``(path, param, leaf)`` for every leaf of ``tree`` (like ``params``, ``None`` leaves
+  allowed) that is not ``None``."""
+  marked = jax.tree.map(lambda b: _KEEP if b is None else b, tree, is_leaf=_is_none)
+  tree_utils.check_same_structure(params, marked, names=("params", name), shapes=False)
+  return [(path, x, b) for path, x, b in zip(tree_utils.path_names(params),
+                                              jax.tree.leaves(params), jax.tree.leaves(marked))
+          if b is not _KEEP]
+
+
 def check_bits_tree(params: Any, bits: Any, scheme: Scheme) -> None:
   """Checks a bits tree against ``params`` (structure, values, scale shapes), naming leaves.
 
   Example:
     >>> check_bits_tree({"w": jnp.ones(4)}, {"w": 3}, Scheme())
   """
-  marked = jax.tree.map(lambda b: _KEEP if b is None else b, bits, is_leaf=_is_none)
-  tree_utils.check_same_structure(params, marked, names=("params", "bits"), shapes=False)
-  for path, x, b in zip(tree_utils.path_names(params), jax.tree.leaves(params),
-                        jax.tree.leaves(marked)):
-    if b is _KEEP:
-      continue
+  for path, x, b in _given_leaves(params, bits, "bits"):
     check_bits(path, b)
     if not is_format(b):
       shape = scale_shape(np.shape(x), scheme, path)
@@ -370,6 +375,33 @@ def check_bits_tree(params: Any, bits: Any, scheme: Scheme) -> None:
         raise ValueError(f"bits of leaf '{path}' have shape {np.shape(b)}, which does not "
                          f"broadcast to its scales' shape {shape}; per-channel bits need "
                          "per-channel scales on the same axis.")
+
+
+def check_salient_tree(params: Any, salient: Any) -> Any:
+  """Checks salient masks against ``params``, naming leaves: the same structure (``None``
+  leaves: no salient values), bool masks that broadcast to their leaf's shape. Returns the
+  masks with every ``None`` kept (a tree of ``None`` when ``salient`` is ``None``).
+
+  Example:
+    >>> check_salient_tree({"w": jnp.ones((4, 2))}, {"w": jnp.ones((3, 1), bool)})
+    Traceback (most recent call last):
+    ...
+    ValueError: salient mask of leaf 'w' has shape (3, 1), which does not broadcast to the leaf's shape (4, 2).
+  """
+  if salient is None:
+    return jax.tree.map(lambda _: None, params)
+  for path, x, m in _given_leaves(params, salient, "salient"):
+    if jnp.result_type(m) != jnp.bool_:
+      raise ValueError(f"salient mask of leaf '{path}' must be bool, got {jnp.result_type(m)}.")
+    shape = np.shape(x)
+    try:
+      fits = np.broadcast_shapes(np.shape(m), shape) == shape
+    except ValueError:
+      fits = False
+    if not fits:
+      raise ValueError(f"salient mask of leaf '{path}' has shape {np.shape(m)}, which does not "
+                       f"broadcast to the leaf's shape {shape}.")
+  return salient
 
 
 def fake_quant(params: Any, bits: Any, scheme: Scheme = Scheme(), clip: Any = None,
@@ -384,8 +416,9 @@ def fake_quant(params: Any, bits: Any, scheme: Scheme = Scheme(), clip: Any = No
     scheme: a :class:`Scheme` for the integer leaves.
     clip: optional tree like ``params`` of clip ratios (``None`` leaves: 1), e.g. from
       :func:`impjax.quantization.calibrate_clip`.
-    salient: optional tree like ``params`` of bool masks (``None`` leaves: no salient
-      values) kept at ``salient_bits``; see :func:`fake_quant_array`.
+    salient: optional tree like ``params`` of bool masks that broadcast to their leaf
+      (``None`` leaves: no salient values; else ``ValueError`` naming the leaf) kept at
+      ``salient_bits``; see :func:`fake_quant_array`.
     salient_bits: bits of the salient values.
 
   Returns:
@@ -398,7 +431,7 @@ def fake_quant(params: Any, bits: Any, scheme: Scheme = Scheme(), clip: Any = No
   """
   check_bits_tree(params, bits, scheme)
   clip = jax.tree.map(lambda _: None, params) if clip is None else clip
-  salient = jax.tree.map(lambda _: None, params) if salient is None else salient
+  salient = check_salient_tree(params, salient)
 
   def leaf(x, b, c, s):
     if b is None:
