@@ -143,6 +143,13 @@ def test_taylor_group(axis):
   assert_tree_matches(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("axis", [1, -2])
+def test_taylor_group_names_a_leaf_without_the_axis(axis):
+  tree = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+  with pytest.raises(ValueError, match=f"'dense/bias' of shape \\(3,\\) has no axis {axis}"):
+    scores.taylor_group(tree, tree, axis=axis)
+
+
 def test_taylor_group_is_not_elementwise_sum_of_abs():
   # The group form sums w*g before the absolute value (Molchanov et al. 2019): signs cancel.
   w = {"k": jnp.array([[1.0, 2.0], [3.0, -4.0]])}

@@ -50,7 +50,8 @@ def taylor_group(params: Any, grads: Any, axis: int = -1) -> Any:
   """Group Taylor ``|sum_{unit} w * g|`` per unit along ``axis`` (Molchanov et al. 2019).
 
   Each leaf becomes a vector with one score per index of ``axis`` (an output neuron of a
-  Flax kernel for ``axis=-1``); scalar leaves give their own ``|w * g|``.
+  Flax kernel for ``axis=-1``); scalar leaves give their own ``|w * g|``. A leaf without that
+  axis raises a ``ValueError`` naming it.
 
   Example:
     >>> w = jnp.array([[1.0, 2.0], [3.0, -4.0]]); g = jnp.ones((2, 2))
@@ -59,14 +60,16 @@ def taylor_group(params: Any, grads: Any, axis: int = -1) -> Any:
   """
   _check_pair(params, grads)
 
-  def leaf(w, g):
+  def leaf(path, w, g):
     prod = w * g
     if prod.ndim == 0:
       return jnp.abs(prod)
+    if not -prod.ndim <= axis < prod.ndim:
+      raise ValueError(f"taylor_group: leaf '{path}' of shape {prod.shape} has no axis {axis}.")
     ax = axis % prod.ndim
     others = tuple(i for i in range(prod.ndim) if i != ax)
     return jnp.abs(jnp.sum(prod, axis=others))
-  return jax.tree.map(leaf, params, grads)
+  return tree_utils.map_with_path(leaf, params, grads)
 
 
 def movement(params: Any, grads: Any) -> Any:
