@@ -269,7 +269,7 @@ def test_normalize(how):
   jitted = jax.jit(functools.partial(groups.normalize, how=how))(tree)
   chex.assert_trees_all_close(eager, jitted, rtol=1e-6, atol=1e-7)
   ref_fn = {"none": lambda s: s, "l2": lambda s: s / np.linalg.norm(s),
-            "max": lambda s: s / np.max(s), "lamp": _lamp_ref}[how]
+            "max": lambda s: s / np.max(np.abs(s)), "lamp": _lamp_ref}[how]
   for key in "ab":
     s = np.asarray(tree[key], np.float64)
     np.testing.assert_allclose(eager[key], ref_fn(s), rtol=1e-6, atol=1e-7)
@@ -288,6 +288,19 @@ def test_normalize_all_zero_leaf_stays_finite():
   for how in ("l2", "max", "lamp"):
     out = groups.normalize({"z": jnp.zeros(4)}, how)["z"]
     np.testing.assert_array_equal(out, 0.0)
+
+
+def test_max_normalizer_keeps_the_order_of_signed_scores():
+  s = jnp.array([-4.0, -1.0, 2.0])
+  for scores in (s, s - 3.0):  # mixed signs, and all negative
+    out = np.asarray(groups.normalize({"s": scores}, "max")["s"])
+    np.testing.assert_allclose(out, np.asarray(scores) / np.max(np.abs(scores)), rtol=1e-6)
+    assert np.all(np.diff(out) > 0)
+
+
+def test_lamp_names_a_leaf_with_negative_scores():
+  with pytest.raises(ValueError, match="leaf 'layer/kernel' has negative"):
+    groups.normalize({"layer": {"kernel": jnp.array([1.0, -0.5])}}, "lamp")
 
 
 def test_unknown_normalizer_raises():

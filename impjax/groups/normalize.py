@@ -16,13 +16,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from impjax import tree_utils
 
 NORMALIZERS = ("none", "l2", "max", "lamp")
 _TINY = 1e-30
 
 
 def lamp(scores: jnp.ndarray) -> jnp.ndarray:
-  """LAMP scores of a flat vector (ties keep their original order)."""
+  """LAMP scores of a flat vector of non-negative scores (ties keep their original order)."""
   order = jnp.argsort(scores, stable=True)
   sorted_scores = scores[order]
   tail = jnp.cumsum(sorted_scores[::-1])[::-1]
@@ -30,20 +33,28 @@ def lamp(scores: jnp.ndarray) -> jnp.ndarray:
 
 
 def normalize_leaf(scores: jnp.ndarray, how: str) -> jnp.ndarray:
-  """Normalizes one leaf's flat group scores."""
+  """Normalizes one leaf's flat group scores: ``l2`` and ``max`` divide by the norm and by the
+  largest magnitude (any sign keeps its order), ``lamp`` needs non-negative scores."""
   if how == "none" or scores.size == 0:
     return scores
   if how == "l2":
     return scores / jnp.maximum(jnp.linalg.norm(scores), _TINY)
   if how == "max":
-    return scores / jnp.maximum(jnp.max(scores), _TINY)
+    return scores / jnp.maximum(jnp.max(jnp.abs(scores)), _TINY)
   if how == "lamp":
     return lamp(scores)
   raise ValueError(f"Unknown normalizer '{how}'. Known: {NORMALIZERS}.")
 
 
 def normalize(group_scores: Any, how: str = "none") -> Any:
-  """Applies ``normalize_leaf`` to every leaf."""
+  """Applies ``normalize_leaf`` to every leaf; ``lamp`` on concrete negative scores raises a
+  ``ValueError`` naming the leaf."""
   if how not in NORMALIZERS:
     raise ValueError(f"Unknown normalizer '{how}'. Known: {NORMALIZERS}.")
-  return jax.tree.map(lambda s: normalize_leaf(s, how), group_scores)
+
+  def leaf(path, s):
+    if how == "lamp" and tree_utils.is_concrete(s) and np.any(np.asarray(s) < 0):
+      raise ValueError(f"LAMP needs non-negative scores; leaf '{path}' has negative ones "
+                       "(score magnitudes, e.g. |w| or |w * g|).")
+    return normalize_leaf(s, how)
+  return tree_utils.map_with_path(leaf, group_scores)
