@@ -1,9 +1,9 @@
 """The performance suite: runs every benchmark and prints their headline figures in one table.
 
 Each ``benchmarks/*.py`` (except this file, ``common.py`` and private scripts ``_*.py`` such as
-the fixture maker) runs in its own process with ``--json``; numbers and booleans of its JSON (top level and one level
-of nested dicts; for ``selection``, the speed-up and memory ratio at each size) are listed, so a
-change can be compared figure by figure. Quick mode passes ``--quick`` to each.
+the fixture maker) runs in its own process with ``--json``; numbers and booleans of its JSON
+(nested dicts flattened to dotted keys; for ``selection``, the speed-up and memory ratio at each
+size) are listed, so a change can be compared figure by figure. Quick mode passes ``--quick`` to each.
 
 Run:
   python benchmarks/run_all.py --quick --json /tmp/suite.json
@@ -31,14 +31,14 @@ def benchmark_names() -> list[str]:
   return sorted(n for n in names if n not in ("run_all", "common") and not n.startswith("_"))
 
 
-def headline(figures: dict) -> dict[str, float | bool]:
-  """Scalar figures of one benchmark's JSON."""
+def headline(figures: dict, prefix: str = "") -> dict[str, float | bool]:
+  """Scalar figures of one benchmark's JSON, nested dicts flattened to dotted keys."""
   out = {}
   for key, value in figures.items():
     if isinstance(value, (bool, int, float)):
-      out[key] = value
+      out[prefix + key] = value
     elif isinstance(value, dict):
-      out.update({f"{key}.{k}": v for k, v in value.items() if isinstance(v, (bool, int, float))})
+      out.update(headline(value, f"{prefix}{key}."))
   for row in figures.get("selection", []):
     out[f"selection.speedup@{row['n']:.0e}"] = row["sort_seconds"] / row["threshold_seconds"]
     out[f"selection.peak_ratio@{row['n']:.0e}"] = (row["threshold_peak_bytes"]
