@@ -131,6 +131,21 @@ def test_ordered_dropout_loss_uses_the_sampled_width():
     assert int(wrapped(params, key, ranks)) == expected
 
 
+def test_sandwich_averages_the_sampled_and_the_fixed_widths():
+  params = mlp_params(4)
+  ranks = ij.transforms.index_ranks(params)
+  loss = lambda p: sum(jnp.sum(p["hidden"][i]["bias"] != 0) for i in range(2)).astype(jnp.float32)
+  units = lambda w: math.ceil(round(w * 10, 6)) + math.ceil(round(w * 8, 6))  # 10 and 8 units
+  wrapped = ij.transforms.ordered_dropout(loss, sandwich=(0.2, 1.0))
+  for i in range(3):
+    key = jax.random.key(i)
+    expected = (units(float(ij.transforms.fjord_width(key))) + units(0.2) + units(1.0)) / 3
+    np.testing.assert_allclose(float(wrapped(params, key, ranks)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(jax.jit(wrapped)(params, key, ranks)), expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="sandwich width"):
+    ij.transforms.ordered_dropout(loss, sandwich=(1.5,))
+
+
 def test_importance_order_reranks_on_schedule_like_numpy():
   params = mlp_params(5)
   order = ij.transforms.importance_order("magnitude", every=3)

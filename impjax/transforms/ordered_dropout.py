@@ -210,7 +210,8 @@ def nested_width(key: jax.Array, rho: float, num_units: int) -> jax.Array:
 
 def ordered_dropout(loss_fn: Callable[..., Any],
                     sample_width: Callable[[jax.Array], jax.Array] = fjord_width,
-                    rules: groups.Rules | None = None) -> Callable[..., Any]:
+                    rules: groups.Rules | None = None, *,
+                    sandwich: tuple[float, ...] = ()) -> Callable[..., Any]:
   """Wraps ``loss_fn(params, *args, **kwargs)`` to train with ordered (or nested) dropout.
 
   The wrapped function is ``(params, key, ranks, *args, **kwargs)``: it samples one width with
@@ -218,14 +219,24 @@ def ordered_dropout(loss_fn: Callable[..., Any],
   num_units=...)`` for nested dropout) and calls ``loss_fn`` on :func:`at_width` of the params.
   Evaluate a width with ``loss_fn(at_width(params, ranks, width), ...)``.
 
+  ``sandwich`` adds fixed widths trained on every step, e.g. ``(0.2, 1.0)`` for the smallest
+  and the full model (the sandwich rule of Yu & Huang 2019, "Universally Slimmable
+  Networks"): the loss is then the mean of the scalar losses at the sampled width and at each
+  sandwich width, one forward and backward pass per width.
+
   Example:
     >>> loss = lambda p: jnp.sum(p["d"]["bias"])
     >>> wrapped = ordered_dropout(loss, lambda key: jnp.float32(0.25))
     >>> float(wrapped({"d": {"bias": jnp.ones(8)}}, jax.random.key(0), {"d": jnp.arange(8)}))
     2.0
   """
+  for w in sandwich:
+    tree_utils.check_fraction(w, what="sandwich width")
+
   def wrapped(params, key, ranks, *args, **kwargs):
-    return loss_fn(at_width(params, ranks, sample_width(key), rules), *args, **kwargs)
+    widths = (sample_width(key),) + tuple(sandwich)
+    losses = [loss_fn(at_width(params, ranks, w, rules), *args, **kwargs) for w in widths]
+    return sum(losses) / len(losses)
   return wrapped
 
 
