@@ -87,6 +87,14 @@ def _budget(costs: np.ndarray, sizes: np.ndarray, avg_bits: float | None,
   return budget
 
 
+def _check_fits(costs: np.ndarray, budget: int) -> None:
+  """Raises unless every unit at its cheapest choice fits ``budget``."""
+  cheapest = int(costs.min(axis=1).sum())
+  if cheapest > budget:
+    raise ValueError(f"No allocation fits the budget of {budget}: the cheapest costs "
+                     f"{cheapest}.")
+
+
 def knapsack(table: jax.Array, costs: np.ndarray, budget: int) -> jax.Array:
   """Exact multiple-choice knapsack: one choice per unit minimizing the summed sensitivity
   with summed cost at most ``budget``.
@@ -110,9 +118,7 @@ def knapsack(table: jax.Array, costs: np.ndarray, budget: int) -> jax.Array:
   costs = np.asarray(costs, np.int64)
   if np.any(costs < 0):
     raise ValueError("knapsack costs must be non-negative.")
-  if int(costs.min(axis=1).sum()) > budget:
-    raise ValueError(f"No allocation fits the budget of {budget}: the cheapest costs "
-                     f"{int(costs.min(axis=1).sum())}.")
+  _check_fits(costs, budget)
   divisor = math.gcd(*costs.ravel().tolist(), 0) or 1
   steps = costs // divisor
   width = min(budget // divisor, int(steps.max(axis=1).sum())) + 1
@@ -165,9 +171,7 @@ def greedy(table: jax.Array, costs: np.ndarray, budget: int) -> jax.Array:
   costs = np.asarray(costs, np.int64)
   if np.any(np.diff(costs, axis=1) <= 0):
     raise ValueError("greedy needs costs strictly increasing along the choices.")
-  if int(costs[:, 0].sum()) > budget:
-    raise ValueError(f"No allocation fits the budget of {budget}: the cheapest costs "
-                     f"{int(costs[:, 0].sum())}.")
+  _check_fits(costs, budget)
   return _greedy(jnp.asarray(table, jnp.float32), jnp.asarray(costs, jnp.int32),
                  jnp.int32(budget))
 
