@@ -132,34 +132,27 @@ def _activations(config, params, batch):
                                minilm.from_params(config, params))[1]
 
 
-def _linear_input_grams(config, params, batch):
-  """Sums of ``x x^T`` over the real tokens of every Linear's inputs (for ``capture``)."""
+def _calibration_sums(config, params, batch):
+  """One pass of the encoder on ``batch`` (for ``capture``): sums of ``x x^T`` over the real
+  tokens of every Linear's inputs, and of ``1 - cos(h_in, h_out)`` of every encoder layer."""
   acts = _activations(config, params, batch)
-  return {path.removesuffix("/inputs") + "/kernel": scores.token_gram(x, batch["mask"])
-          for path, x in acts.items() if path.count("/") == 3 and path.endswith("/inputs")}
+  grams = {path.removesuffix("/inputs") + "/kernel": scores.token_gram(x, batch["mask"])
+           for path, x in acts.items() if path.count("/") == 3 and path.endswith("/inputs")}
+  influence = {f"layers/{i}": scores.block_influence_sums(
+      acts[f"layers/{i}/inputs"], acts[f"layers/{i}/outputs"], batch["mask"])
+               for i in range(config.num_layers)}
+  return {"grams": grams, "influence": influence}
 
 
-def _block_influence_sums(config, params, batch):
-  """Sums of ``1 - cos(h_in, h_out)`` over the real tokens of every encoder layer."""
-  acts = _activations(config, params, batch)
-  return {f"layers/{i}": scores.block_influence_sums(acts[f"layers/{i}/inputs"],
-                                                     acts[f"layers/{i}/outputs"], batch["mask"])
-          for i in range(config.num_layers)}
-
-
-def block_influence(config, params, batches):
-  """Layer-Wise Quantization's block influence of every encoder layer: ``{"layers/i": BI}``."""
-  sums = capture.calibrate(functools.partial(_block_influence_sums, config), params, batches,
-                           total=len(batches))
-  return {layer: float(m["influence"]) for layer, m in scores.means(sums).items()}
-
-
-def input_moments(config, params, batches):
-  """``E[x x^T]`` of every encoder kernel's inputs, as a tree like ``params`` (else ``None``)."""
-  grams = scores.means(capture.calibrate(functools.partial(_linear_input_grams, config),
-                                         params, batches, total=len(batches)))
-  return tree_utils.map_with_path(lambda path, _: grams[path]["gram"] if path in grams else None,
-                                  params)
+def calibration_statistics(config, params, batches):
+  """From one calibration pass: ``E[x x^T]`` of every encoder kernel's inputs as a tree like
+  ``params`` (``None`` elsewhere), and Layer-Wise Quantization's block influence of every
+  encoder layer, ``{"layers/i": BI}``."""
+  stats = scores.means(capture.calibrate(functools.partial(_calibration_sums, config), params,
+                                         batches, total=len(batches)))
+  moments = tree_utils.map_with_path(
+      lambda path, _: stats["grams"][path]["gram"] if path in stats["grams"] else None, params)
+  return moments, {layer: float(m["influence"]) for layer, m in stats["influence"].items()}
 
 
 def main(argv=None):
@@ -205,10 +198,9 @@ def main(argv=None):
   table = measured_table(model.config, params, the_plan, measure_batch)
   fisher_table = jax.jit(lambda p, f: quantization.hawq_table(p, f, CHOICES, the_plan, SCHEME))(
       params, embedding_fisher(model.config, params, batches, args.probes, args.seed))
+  moments, influence = calibration_statistics(model.config, params, batches)
   out_table = jax.jit(lambda p, m: quantization.output_error_table(p, m, CHOICES, the_plan,
-                                                                   SCHEME))(
-      params, input_moments(model.config, params, batches))
-  influence = block_influence(model.config, params, batches)
+                                                                   SCHEME))(params, moments)
   print("block influence per layer: " + " ".join(f"{v:.4f}" for v in influence.values()))
   print(f"sensitivities ready ({time.time() - started:.0f}s)", flush=True)
 
