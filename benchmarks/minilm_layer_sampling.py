@@ -198,7 +198,7 @@ def run(settings, seed):
         "xla": dropout_ordering.memory(ls.step, init, batches[0]),
         "distinct_active_sets": len(set(active_sets[name])),
         "layer_steps": np.bincount(np.ravel(active_sets[name]), minlength=depth).tolist()}
-  results["ist"]["final_scores"] = np.asarray(states["ist"].sampler_state.scores).round(3).tolist()
+  results["ist"]["final_scores"] = [round(float(v), 3) for v in states["ist"].sampler_state.scores]
   for name, r in results.items():
     r["step_seconds"] = float(np.median(times[name][1:] or times[name]))
     r["mean_step_seconds"] = float(np.mean(times[name][1:] or times[name]))
