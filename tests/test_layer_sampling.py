@@ -123,25 +123,40 @@ def test_ist_learns_which_layer_matters():
   assert np.argmax(late) == 2, late
 
 
-def test_every_layer_active_equals_full_fine_tuning(setup):
+@pytest.mark.parametrize("rest", ["train", "frozen"])
+def test_every_layer_active_equals_full_fine_tuning(setup, rest):
+  """Every layer active equals full fine-tuning; with ``rest="frozen"``, full fine-tuning with
+  everything outside the stack frozen, the rest then stays bit for bit with no optimizer state."""
   params, block, loss, batch = setup
   tx = optax.adam(1e-2)
   ls = ij.transforms.layer_sampling(loss, block, tx,
-                                    ij.transforms.lisa(DEPTH, gamma=DEPTH, period=1000))
+                                    ij.transforms.lisa(DEPTH, gamma=DEPTH, period=1000), rest=rest)
   state = ls.init(params, jax.random.key(0))
-  full, opt_state = params, tx.init(params)
+  reference_tx = tx
+  if rest == "frozen":
+    assert state.opt_state == ()
+    labels = {k: "train" if k == "blocks" else "frozen" for k in params}
+    reference_tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  full, opt_state = params, reference_tx.init(params)
 
   @jax.jit
   def full_step(p, opt_state):
     value, grads = jax.value_and_grad(loss)(p, batch)
-    updates, opt_state = tx.update(grads, opt_state, p)
+    updates, opt_state = reference_tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, value
-  step = jax.jit(ls.step)
+  chex.clear_trace_counter()  # the counter is keyed by call site, shared by both parameters
+  step = jax.jit(chex.assert_max_traces(ls.step, n=1))
   for _ in range(3):
     state, metrics = step(state, batch)
     full, opt_state, value = full_step(full, opt_state)
     np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
   chex.assert_trees_all_close(state.params, full, rtol=1e-4, atol=1e-6)
+  outside = lambda tree: {k: v for k, v in tree.items() if k != "blocks"}
+  if rest == "frozen":
+    chex.assert_trees_all_equal(outside(state.params), outside(params))
+  else:
+    assert not np.allclose(state.params["head"]["kernel"], params["head"]["kernel"])
+  assert not np.allclose(state.params["blocks"]["up"]["kernel"], params["blocks"]["up"]["kernel"])
 
 
 def test_lisa_step_trains_only_active_layers_and_never_retraces(setup):
@@ -199,6 +214,9 @@ def test_bad_input_is_named(setup):
   with pytest.raises(ValueError, match="optimizer_state"):
     ij.transforms.layer_sampling(loss, block, optax.sgd(0.1), ij.transforms.lisa(DEPTH),
                                  optimizer_state="some")
+  with pytest.raises(ValueError, match="rest"):
+    ij.transforms.layer_sampling(loss, block, optax.sgd(0.1), ij.transforms.lisa(DEPTH),
+                                 rest="some")
   with pytest.raises(ValueError, match="gamma"):
     ij.transforms.lisa(4, gamma=5)
   with pytest.raises(ValueError, match="idx"):

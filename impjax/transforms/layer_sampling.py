@@ -2,10 +2,11 @@
 
 :func:`layer_sampling` turns ``loss_fn(params, *args, run=...)``, the stack's ``block_fn`` and
 an optax optimizer into a jit-able train step. Every step the parameters outside the stack
-(embeddings, head, ...) and the ``gamma`` active layers are trained; the other layers are
-constants. Layers held one module each (an ``nnx.List``, e.g. MiniLM's ``params["layers"]``)
-are stacked once with :func:`impjax.transforms.layer_stack.stack_layers`; the hidden state
-passed through ``run`` may be a pytree such as ``(hidden, attention_mask)``
+(embeddings, head, ...) and the ``gamma`` active layers are trained (only the active layers
+with ``rest="frozen"``); the other layers are constants. Layers held one module each (an
+``nnx.List``, e.g. MiniLM's ``params["layers"]``) are stacked once with
+:func:`impjax.transforms.layer_stack.stack_layers`; the hidden state passed through ``run``
+may be a pytree such as ``(hidden, attention_mask)``
 (``benchmarks/minilm_layer_sampling.py``). Each step gathers the active layers from the
 stack, differentiates with respect to them only, and scatters them back (``gamma`` rows; in
 place when the state is donated). What this saves under JAX's static shapes:
@@ -90,7 +91,7 @@ class LayerSampling(NamedTuple):
 def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
                    tx: optax.GradientTransformation, sampler: LayerSampler, *,
                    layers: str = "blocks", optimizer_state: str = "active",
-                   has_aux: bool = False) -> LayerSampling:
+                   rest: str = "train", has_aux: bool = False) -> LayerSampling:
   """A train step that trains everything outside the stack plus the sampled layers.
 
   Args:
@@ -103,6 +104,9 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
     layers: path of the stacked layers in the params (``"blocks"``, ``"encoder/layers"``).
     optimizer_state: ``"active"`` (state for the active layers only, fresh for newly
       sampled ones) or ``"all"`` (state for every layer).
+    rest: ``"train"`` (LISA's rule: the parameters outside the stack train every step) or
+      ``"frozen"`` (only the sampled layers train: no gradient and no optimizer state for the
+      rest, whose ``opt_state`` is ``()``).
     has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` goes into the metrics.
 
   Returns:
@@ -110,7 +114,9 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
   """
   if optimizer_state not in ("active", "all"):
     raise ValueError(f"optimizer_state must be 'active' or 'all', got {optimizer_state!r}.")
-  keep_all = optimizer_state == "all"
+  if rest not in ("train", "frozen"):
+    raise ValueError(f"rest must be 'train' or 'frozen', got {rest!r}.")
+  keep_all, train_rest = optimizer_state == "all", rest == "train"
 
   def split(params):
     return layer_stack.set_path(params, layers, None), layer_stack.get_path(params, layers)
@@ -121,7 +127,7 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
     sampler_state = sampler.init(key)
     per_layer = stack if keep_all else layer_stack.gather(stack, sampler_state.idx)
     return LayerSamplingState(count=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(rest),
+                              opt_state=tx.init(rest) if train_rest else (),
                               layer_opt_state=jax.vmap(tx.init)(per_layer),
                               sampler_state=sampler_state)
 
@@ -135,11 +141,15 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
       full = layer_stack.set_path(rest, layers, lax.stop_gradient(stack))
       return loss_fn(full, *args, run=run, **kwargs)
 
-    value, (g_rest, g_active) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=has_aux)(
-        rest, active)
+    if train_rest:
+      value, (g_rest, g_active) = jax.value_and_grad(loss_of, argnums=(0, 1),
+                                                     has_aux=has_aux)(rest, active)
+      updates, opt_state = tx.update(g_rest, state.opt_state, rest)
+      rest = optax.apply_updates(rest, updates)
+    else:
+      value, g_active = jax.value_and_grad(loss_of, argnums=1, has_aux=has_aux)(rest, active)
+      opt_state = state.opt_state
     loss, aux = value if has_aux else (value, None)
-    updates, opt_state = tx.update(g_rest, state.opt_state, rest)
-    rest = optax.apply_updates(rest, updates)
     layer_opt = (layer_stack.gather(state.layer_opt_state, idx) if keep_all
                  else state.layer_opt_state)
     updates, layer_opt = jax.vmap(tx.update)(g_active, layer_opt, active)
