@@ -7,7 +7,8 @@ What it measures, side by side with the dense model of the same run:
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
   ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
 * with ``--draws N``: wanda and sparsegpt at 50% and 2:4 calibrated on N disjoint subsets of
-  ``--draw-size`` (128) calibration sentences each, per draw and averaged;
+  ``--draw-size`` (128) calibration sentences each, per draw and averaged, and McNemar's exact
+  test of their per-query retrieval hits within each draw (``text.mcnemar``);
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
   30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
   (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
@@ -115,14 +116,16 @@ class Evaluation:
     return minilm.embed_texts(model, self.tok, self.queries + self.passages, self.batch_size)
 
   def quality(self, model):
-    """``fidelity`` and ``retrieval_top1`` of ``model`` on the evaluation text."""
+    """``({"fidelity", "retrieval_top1"}, per-query hits)`` of ``model`` on the evaluation
+    text."""
     emb = self.embed(model)
     n = len(self.queries)
+    hits = text.retrieval_hits(emb[:n], emb[n:])
     return {"fidelity": text.fidelity(emb, self.dense),
-            "retrieval_top1": text.retrieval_top1(emb[:n], emb[n:])}
+            "retrieval_top1": float(np.mean(hits))}, hits
 
   def __call__(self, model):
-    out = {**self.quality(model), "params": nonzero_params(model),
+    out = {**self.quality(model)[0], "params": nonzero_params(model),
            "flops_ratio": minilm.encoder_flops(params_of(model), model.config, self.tokens)
                           / self.dense_flops}
     out["time_ratio"] = time_ratio(model, self.model, self.timing_batch)
@@ -230,19 +233,24 @@ def main() -> None:
 
   # Calibration draws: wanda and sparsegpt on disjoint subsets of the shuffled calibration
   # split, to see how much their ordering depends on which sentences calibrate.
-  draws = []
+  # McNemar's exact test pairs the two methods' hits on the same queries within a draw.
+  draws, paired = [], []
   for d in range(args.draws):
     subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
     draw_batches = minilm.token_batches(tok, sorted(subset, key=len), 32)
     for sparsity in (0.5, "2:4"):
+      hits = {}
       for method in ("wanda", "sparsegpt"):
         pruned, _ = pruning.prune_layerwise(model, draw_batches, method, progress=False,
                                             **one_shot_kwargs(sparsity))
-        quality = evaluate.quality(pruned)
+        quality, hits[method] = evaluate.quality(pruned)
         draws.append({"draw": d, "sentences": len(subset), "method": method,
                       "sparsity": sparsity, **quality})
         print(f"  draw {d}: {method:9s} {str(sparsity):4s} fidelity {quality['fidelity']:.4f} "
               f"top-1 {quality['retrieval_top1']:.4f}", flush=True)
+      test = text.mcnemar(hits["wanda"], hits["sparsegpt"])
+      paired.append({"draw": d, "sparsity": sparsity, "wanda_only": test["a_only"],
+                     "sparsegpt_only": test["b_only"], "p_value": test["p_value"]})
 
   # Structured: MLP units and heads, masked then compacted.
   cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
@@ -321,6 +329,11 @@ def main() -> None:
                      " ".join(f"{r['retrieval_top1']:.4f}" for r in mine)])
     print(common.format_table(["method", "sparsity", "fidelity", "retrieval_top1",
                                "retrieval_top1 per draw"], rows))
+    print("Paired retrieval (McNemar's exact test): queries hit by wanda only / sparsegpt only")
+    print(common.format_table(
+        ["draw", "sparsity", "wanda only", "sparsegpt only", "p-value"],
+        [[r["draw"], r["sparsity"], r["wanda_only"], r["sparsegpt_only"], r["p_value"]]
+         for r in paired]))
   for r in amp:
     if "calibration_fidelity" in r:
       print(f"{r['method']}: calibration fidelity {r['calibration_fidelity']:.4f}, "
@@ -329,7 +342,7 @@ def main() -> None:
   if args.json:
     common.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
                                   "calibration_sentences": len(calibration),
-                                  "calibration_draws": draws,
+                                  "calibration_draws": draws, "paired_draws": paired,
                                   "queries": len(queries), "quick": args.quick})
 
 

@@ -214,14 +214,28 @@ def test_text_splits_are_disjoint_and_deterministic():
     text.sentences("test")
 
 
+def test_mcnemar_against_the_binomial_by_hand():
+  a = np.array([True] * 7 + [False] * 3 + [True] * 5)  # 7 hit by a alone, 3 by b alone,
+  b = np.array([False] * 7 + [True] * 3 + [True] * 5)  # 5 by both
+  # n = 10 discordant queries, min(7, 3) = 3: P[Bin(10, 1/2) <= 3] = (1 + 10 + 45 + 120) / 1024.
+  out = text.mcnemar(a, b)
+  assert (out["a_only"], out["b_only"]) == (7, 3)
+  np.testing.assert_allclose(out["p_value"], 2 * 176 / 1024, rtol=1e-12)
+  assert text.mcnemar(b, a)["p_value"] == out["p_value"]
+  assert text.mcnemar(a, a) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
+  with pytest.raises(ValueError, match="1-d hit arrays"):
+    text.mcnemar(a, b[:3])
+
+
 def test_metrics_against_loops():
   rng = np.random.default_rng(0)
   q, p = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
-  hits = 0
+  hits = []
   for i in range(6):
     sims = [q[i] @ p[j] / np.linalg.norm(q[i]) / np.linalg.norm(p[j]) for j in range(6)]
-    hits += int(np.argmax(sims) == i)
-  assert text.retrieval_top1(q, p) == hits / 6
+    hits.append(bool(np.argmax(sims) == i))
+  assert text.retrieval_hits(q, p).tolist() == hits
+  assert text.retrieval_top1(q, p) == sum(hits) / 6
   cos = [q[i] @ p[i] / np.linalg.norm(q[i]) / np.linalg.norm(p[i]) for i in range(6)]
   np.testing.assert_allclose(text.fidelity(q, p), np.mean(cos), rtol=1e-12)
   qn = q / np.linalg.norm(q, axis=1, keepdims=True)
