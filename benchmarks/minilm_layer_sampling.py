@@ -195,8 +195,7 @@ def run(settings, seed, freeze_embeddings=False):
       "full": {"retrieval_top1": evaluate(full_state[0]), "backward_flops": bwd_full,
                "gradient_bytes": dropout_ordering.tree_bytes(trained(params)),
                "optimizer_state_bytes": dropout_ordering.tree_bytes(full_state[1]),
-               "xla": dropout_ordering.memory(full_step, params, tx.init(trained(params)),
-                                              batches[0])}}
+               "xla": dropout_ordering.memory(full_step, params, full_state[1], batches[0])}}
   for name, ls in sampled.items():
     init = inits[name]
     results[name] = {

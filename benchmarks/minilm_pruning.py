@@ -207,12 +207,11 @@ def main() -> None:
   calibration = text.sentences("calibration")
   shuffled = [calibration[i] for i in np.random.default_rng(args.seed).permutation(
       len(calibration))]
-  calibration = shuffled
   queries, passages = text.retrieval_pairs("evaluation")
-  n_cal = args.calibration or len(calibration)
+  n_cal = args.calibration or len(shuffled)
   if args.quick:
     n_cal, queries, passages = 32, queries[:16], passages[:16]
-  calibration = calibration[:n_cal]
+  calibration = shuffled[:n_cal]
   batches = minilm.token_batches(tok, sorted(calibration, key=len), 32)
   evaluate = Evaluation(model, tok, queries, passages, args.batch_size)
   dense = evaluate(model)
