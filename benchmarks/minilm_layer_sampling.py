@@ -6,14 +6,16 @@ What it measures, in one run, from the same pretrained weights:
 * **Quality**: retrieval top-1 on the evaluation split (``impjax.data.text``: for each query,
   is its own passage the most cosine-similar among all the split's passages) before
   fine-tuning, after full fine-tuning (all 6 encoder layers and the embeddings trained) and
-  after LISA fine-tuning (Pan et al. 2024): 2 of the 6 layers, drawn uniformly every
-  ``period`` steps, plus the embeddings, which LISA always trains (its rule: embeddings and
-  head; MiniLM's head is mean pooling + L2 normalisation, which has no parameters). Optimizer
-  state exists for the active layers only and starts fresh when they change. And after IST
+  after LISA fine-tuning (Pan et al. 2024): ``gamma`` of the 6 layers (2 and 3 by default,
+  ``--lisa-gammas``), drawn uniformly every ``period`` steps, plus the embeddings, which LISA
+  always trains (its rule: embeddings and head; MiniLM's head is mean pooling + L2
+  normalisation, which has no parameters). Optimizer state exists for the active layers only
+  and starts fresh when they change. And after IST
   fine-tuning (Yao et al. 2024, ``transforms.ist``): 2 of the 6 layers resampled every step
   with weights ``sigmoid(-s)``, the layer scores ``s`` learned from 3 damping trials (half the
   layers skipped) every 10 steps; optimizer state for every layer, since the set changes
-  every step.
+  every step. Each method's per-query hits are paired with full fine-tuning's by McNemar's
+  exact test (``text.mcnemar``): the queries only one of the two retrieves, and the p-value.
 * **Training**: the calibration split's (query, passage) pairs with the in-batch contrastive
   loss (``text.contrastive_loss``, scale 20), AdamW (lr 5e-5, weight decay 0.01), batch 16
   pairs, queries truncated/padded to 32 tokens and passages to 64, the same seeded shuffled
@@ -22,7 +24,7 @@ What it measures, in one run, from the same pretrained weights:
 * **Cost, LISA and IST over full** (ratios): backward FLOPs of one step by XLA's cost analysis
   (``flops(value_and_grad) - flops(forward)`` with the layers unrolled and 2 layers trained,
   as the sampled step runs them; ``dropout_ordering.backward_flops``); gradient bytes (the
-  tree the step differentiates: everything, or the embeddings and 2 layers); optimizer-state
+  tree the step differentiates: everything, or the embeddings and the sampled layers); optimizer-state
   bytes; XLA's buffer sizes of the jitted step (arguments + temporaries + outputs,
   ``memory_analysis``, no donation); and the median and mean wall-clock of a training step.
 
@@ -69,7 +71,8 @@ FULL = {"steps": 100, "batch": 16, "query_len": 32, "passage_len": 64, "period":
         "eval_pairs": None, "timing_repeats": 0}
 QUICK = {"steps": 6, "batch": 8, "query_len": 32, "passage_len": 48, "period": 3,
          "eval_pairs": 64, "timing_repeats": 0}
-GAMMA = 2
+LISA_GAMMAS = (2, 3)
+IST_GAMMA = 2
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
 
@@ -130,18 +133,18 @@ def training_batches(tokenizer, settings, seed):
   return out[:settings["steps"]]
 
 
-def retrieval(model, tokenizer, queries, passages) -> float:
+def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:
   emb = minilm.embed_texts(model, tokenizer, queries + passages)
-  return text.retrieval_top1(emb[:len(queries)], emb[len(queries):])
+  return text.retrieval_hits(emb[:len(queries)], emb[len(queries):])
 
 
-def run(settings, seed, freeze_embeddings=False):
+def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS):
   model, tokenizer = minilm.load_pretrained()
   stacked = StackedMiniLM(model)
   params, depth = stacked.params, model.config.num_layers
   queries, passages = text.retrieval_pairs("evaluation")
   queries, passages = queries[:settings["eval_pairs"]], passages[:settings["eval_pairs"]]
-  evaluate = lambda p: retrieval(stacked.model(p), tokenizer, queries, passages)
+  evaluate = lambda p: retrieval_hits(stacked.model(p), tokenizer, queries, passages)
   batches = training_batches(tokenizer, settings, seed)
   tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
   # What full fine-tuning differentiates and updates: everything, or the layer stack alone.
@@ -154,12 +157,14 @@ def run(settings, seed, freeze_embeddings=False):
     updates, opt_state = tx.update(grads, opt_state, trained(p))
     return merge(p, optax.apply_updates(trained(p), updates)), opt_state, value
 
-  samplers = {"lisa": (transforms.lisa(depth, gamma=GAMMA, period=settings["period"]), "active"),
-              "ist": (transforms.ist(depth, fraction=GAMMA / depth), "all")}
+  samplers = {f"lisa_{g}": (transforms.lisa(depth, gamma=g, period=settings["period"]),
+                            "active", g) for g in lisa_gammas}
+  samplers[f"ist_{IST_GAMMA}"] = (transforms.ist(depth, fraction=IST_GAMMA / depth), "all",
+                                  IST_GAMMA)
   rest = "frozen" if freeze_embeddings else "train"
   sampled = {name: transforms.layer_sampling(stacked.loss, stacked.block, tx, sampler,
                                              optimizer_state=optimizer_state, rest=rest)
-             for name, (sampler, optimizer_state) in samplers.items()}
+             for name, (sampler, optimizer_state, _) in samplers.items()}
   full_jit = jax.jit(full_step)
   steps = {name: jax.jit(ls.step) for name, ls in sampled.items()}
   full_state = (params, tx.init(trained(params)))
@@ -176,7 +181,7 @@ def run(settings, seed, freeze_embeddings=False):
     return out
 
   before = evaluate(params)
-  for batch in tqdm(batches, desc="fine-tune (full, LISA, IST alternating)"):
+  for batch in tqdm(batches, desc=f"fine-tune ({', '.join(('full', *sampled))} alternating)"):
     *full_state, loss = timed("full", full_jit, *full_state, batch)
     losses["full"].append(float(loss))
     for name in sampled:
@@ -184,22 +189,24 @@ def run(settings, seed, freeze_embeddings=False):
       states[name], metrics = timed(name, steps[name], states[name], batch)
       losses[name].append(float(metrics["loss"]))
 
-  idx = tuple(range(GAMMA))  # FLOPs depend on how many layers train, not which
   bwd_full, forward = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
                                                       batches[0], None, not freeze_embeddings)
-  bwd_sampled = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                batches[0], idx, not freeze_embeddings)[0]
   rest_bytes = (0 if freeze_embeddings
                 else dropout_ordering.tree_bytes(transforms.set_path(params, "blocks", None)))
+  full_hits = evaluate(full_state[0])
   results = {
-      "full": {"retrieval_top1": evaluate(full_state[0]), "backward_flops": bwd_full,
+      "full": {"retrieval_top1": float(np.mean(full_hits)), "backward_flops": bwd_full,
                "gradient_bytes": dropout_ordering.tree_bytes(trained(params)),
                "optimizer_state_bytes": dropout_ordering.tree_bytes(full_state[1]),
                "xla": dropout_ordering.memory(full_step, params, full_state[1], batches[0])}}
   for name, ls in sampled.items():
-    init = inits[name]
+    init, hits = inits[name], evaluate(states[name].params)
+    idx = tuple(range(samplers[name][2]))  # FLOPs depend on how many layers train, not which
     results[name] = {
-        "retrieval_top1": evaluate(states[name].params), "backward_flops": bwd_sampled,
+        "gamma": samplers[name][2], "retrieval_top1": float(np.mean(hits)),
+        "mcnemar_vs_full": text.mcnemar(hits, full_hits),
+        "backward_flops": dropout_ordering.backward_flops(
+            stacked.loss, stacked.block, params, batches[0], idx, not freeze_embeddings)[0],
         "gradient_bytes": rest_bytes + dropout_ordering.tree_bytes(
             transforms.gather(params["blocks"], init.sampler_state.idx)),
         "optimizer_state_bytes": dropout_ordering.tree_bytes((init.opt_state,
@@ -207,7 +214,8 @@ def run(settings, seed, freeze_embeddings=False):
         "xla": dropout_ordering.memory(ls.step, init, batches[0]),
         "distinct_active_sets": len(set(active_sets[name])),
         "layer_steps": np.bincount(np.ravel(active_sets[name]), minlength=depth).tolist()}
-  results["ist"]["final_scores"] = [round(float(v), 3) for v in states["ist"].sampler_state.scores]
+  results[f"ist_{IST_GAMMA}"]["final_scores"] = [
+      round(float(v), 3) for v in states[f"ist_{IST_GAMMA}"].sampler_state.scores]
   for name, r in results.items():
     r["step_seconds"] = float(np.median(times[name][1:] or times[name]))
     r["mean_step_seconds"] = float(np.mean(times[name][1:] or times[name]))
@@ -226,8 +234,9 @@ def run(settings, seed, freeze_embeddings=False):
         "xla_temp_bytes": r["xla"]["temp_bytes"] / full["xla"]["temp_bytes"],
         "step_time": r["step_seconds"] / full["step_seconds"],
         "mean_step_time": r["mean_step_seconds"] / full["mean_step_seconds"]}
-  return {"pretrained_retrieval_top1": before, "forward_flops": forward,
-          "settings": dict(settings, gamma=GAMMA, learning_rate=LEARNING_RATE,
+  return {"pretrained_retrieval_top1": float(np.mean(before)), "forward_flops": forward,
+          "settings": dict(settings, lisa_gammas=list(lisa_gammas), ist_gamma=IST_GAMMA,
+                           learning_rate=LEARNING_RATE,
                            weight_decay=WEIGHT_DECAY, seed=seed,
                            freeze_embeddings=freeze_embeddings),
           "evaluation_pairs": len(queries), "methods": results}
@@ -242,12 +251,15 @@ def main(argv=None):
   parser.add_argument("--freeze-embeddings", action="store_true",
                       help="train the encoder layers only: full fine-tuning freezes the "
                            "embeddings and LISA/IST run with rest='frozen'")
+  parser.add_argument("--lisa-gammas", default=",".join(map(str, LISA_GAMMAS)),
+                      help="comma-separated numbers of layers LISA trains at a time")
   args = parser.parse_args(argv)
   settings = dict(QUICK if args.quick else FULL)
   if args.steps:
     settings["steps"] = args.steps
   started = time.time()
-  out = run(settings, args.seed, args.freeze_embeddings)
+  out = run(settings, args.seed, args.freeze_embeddings,
+            tuple(int(g) for g in args.lisa_gammas.split(",")))
   m, s = out["methods"], out["settings"]
   print(f"\nMiniLM-L6 fine-tuned {s['steps']} steps (batch {s['batch']} pairs, AdamW lr "
         f"{s['learning_rate']:g}{', embeddings frozen' if s['freeze_embeddings'] else ''}) "
@@ -255,32 +267,36 @@ def main(argv=None):
         f"{out['evaluation_pairs']} evaluation pairs (pretrained: "
         f"{out['pretrained_retrieval_top1']:.4f}). Ratios are to full fine-tuning, same run:")
   rows = [["pretrained", out["pretrained_retrieval_top1"],
-           out["pretrained_retrieval_top1"] - m["full"]["retrieval_top1"]] + [""] * 6,
-          ["full fine-tuning", m["full"]["retrieval_top1"], 0.0, m["full"]["final_loss"], 1.0,
-           1.0, 1.0, 1.0, 1.0]]
-  for name, label in (("lisa", f"LISA {s['gamma']}/6 every {s['period']}"),
-                      ("ist", f"IST {s['gamma']}/6 every step")):
-    r = m[name]["ratios"]
+           out["pretrained_retrieval_top1"] - m["full"]["retrieval_top1"]] + [""] * 7,
+          ["full fine-tuning", m["full"]["retrieval_top1"], 0.0, "", m["full"]["final_loss"],
+           1.0, 1.0, 1.0, 1.0, 1.0]]
+  sampled = [name for name in m if name != "full"]
+  for name in sampled:
+    r, mc = m[name]["ratios"], m[name]["mcnemar_vs_full"]
+    label = (f"LISA {m[name]['gamma']}/6 every {s['period']}" if name.startswith("lisa")
+             else f"IST {m[name]['gamma']}/6 every step")
     rows.append([label, m[name]["retrieval_top1"],
-                 m[name]["retrieval_top1"] - m["full"]["retrieval_top1"], m[name]["final_loss"],
+                 m[name]["retrieval_top1"] - m["full"]["retrieval_top1"],
+                 f"{mc['a_only']}/{mc['b_only']} p={mc['p_value']:.2f}", m[name]["final_loss"],
                  r["backward_flops"], r["gradient_plus_optimizer_bytes"], r["xla_total_bytes"],
                  r["step_time"], r["mean_step_time"]])
   print(common.format_table(
-      ["method", "top-1", "- full", "final loss", "bwd FLOPs", "grad+opt bytes", "XLA buffers",
-       "step time", "mean step time"], rows))
+      ["method", "top-1", "- full", "only it/only full", "final loss", "bwd FLOPs",
+       "grad+opt bytes", "XLA buffers", "step time", "mean step time"], rows))
   f = m["full"]
   print(f"full: backward {f['backward_flops'] / 1e9:.1f} GFLOP/step (forward "
         f"{out['forward_flops'] / 1e9:.1f}), gradients {f['gradient_bytes'] / 1e6:.1f} MB, "
         f"optimizer state {f['optimizer_state_bytes'] / 1e6:.1f} MB, XLA buffers "
         f"{f['xla']['total_bytes'] / 1e6:.1f} MB, step {f['step_seconds']:.2f}s.")
-  for name in ("lisa", "ist"):
+  for name in sampled:
     r = m[name]["ratios"]
     print(f"{name}: gradient bytes x{r['gradient_bytes']:.3f}, optimizer state "
           f"x{r['optimizer_state_bytes']:.3f}, XLA temporaries x{r['xla_temp_bytes']:.3f}; "
           f"steps per layer {m[name]['layer_steps']} over {m[name]['distinct_active_sets']} "
           f"active sets" + (f"; final layer scores {m[name]['final_scores']}"
-                            if name == "ist" else "") + ".")
-  print("final loss: mean training loss of the last 5 steps; step time: median (and mean) of "
+                            if name.startswith("ist") else "") + ".")
+  print("only it/only full: queries this method retrieves and full fine-tuning misses, and the "
+        "reverse, with McNemar's exact p-value. final loss: mean training loss of the last 5 steps; step time: median (and mean) of "
         "the alternating training steps (compilation excluded) on this shared CPU; IST's mean "
         "includes its damping trials (3 forward passes every 10 steps).")
   elapsed = time.time() - started
