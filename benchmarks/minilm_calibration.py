@@ -47,13 +47,6 @@ SIZES = "docstrings:128,docstrings:681,docstrings:2048,docstrings:all,reference:
 SPARSITIES = (0.5, "2:4")
 
 
-def source_sentences(source: str, seed: int) -> list[str]:
-  """The sentences of ``reference`` or ``docstrings``, in a shuffle seeded by ``seed``."""
-  sentences = {"reference": lambda: text.sentences("calibration"),
-               "docstrings": lambda: list(text.docstring_sentences())}[source]()
-  return [sentences[i] for i in np.random.default_rng(seed).permutation(len(sentences))]
-
-
 def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[list, list]:
   """Wanda and SparseGPT calibrated on ``sentences``: quality rows and McNemar pairs."""
   batches = minilm.token_batches(tok, sorted(sentences, key=len), 32)
@@ -123,13 +116,13 @@ def main() -> None:
   size_rows, size_pairs = [], []
   for item in filter(None, sizes.split(",")):
     source, n = item.split(":")
-    sentences = source_sentences(source, args.seed)
+    sentences = minilm_pruning.source_sentences(source, args.seed)
     subset = sentences if n == "all" else sentences[:int(n)]
     rows, pairs = compare(model, tok, evaluate, subset, {"source": source})
     size_rows += rows
     size_pairs += pairs
   draw_rows, draw_pairs = [], []
-  shuffled = source_sentences("reference", args.seed)
+  shuffled = minilm_pruning.source_sentences("reference", args.seed)
   for d in range(args.draws):
     subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
     rows, pairs = compare(model, tok, evaluate, subset, {"draw": d})

@@ -20,9 +20,12 @@ Quality is measured on evaluation text only (``impjax.data.text``: Python refere
 calibration and evaluation topics disjoint): ``fidelity`` = mean cosine of each text's
 embedding to the dense model's, over the retrieval queries and passages; ``retrieval_top1``
 = fraction of queries whose nearest passage (cosine) is their own, among all passages.
-Calibration uses the calibration split (all of it by default; ``--calibration N`` takes the
-first N after a seeded shuffle); ``minilm_calibration.py`` compares wanda and sparsegpt
-across calibration amounts, sources and draws. ``params`` counts nonzero parameter values (embeddings
+The one-shot methods calibrate on the standard library's docstrings
+(``text.docstring_sentences``, 329k tokens: the papers' budget of 128 x 2048 tokens;
+``--one-shot-calibration reference`` takes the reference pages' calibration split instead, 17k
+tokens); the structured methods on the calibration split (all of it by default;
+``--calibration N`` takes the first N after a seeded shuffle). ``minilm_calibration.py``
+compares wanda and sparsegpt across calibration amounts, sources and draws. ``params`` counts nonzero parameter values (embeddings
 included); compacted models have exactly that many values. ``flops`` are the encoder's
 nonzero multiply-adds x 2 plus attention, for one sequence of the mean evaluation length.
 ``time`` is the best-of-7 CPU time of one jitted batch (64 texts x 64 tokens) over dense's,
@@ -129,6 +132,14 @@ class Evaluation:
     return out
 
 
+def source_sentences(source: str, seed: int) -> list[str]:
+  """The sentences of ``reference`` (the calibration split) or ``docstrings``, in a shuffle
+  seeded by ``seed``."""
+  sentences = {"reference": lambda: text.sentences("calibration"),
+               "docstrings": lambda: list(text.docstring_sentences())}[source]()
+  return [sentences[i] for i in np.random.default_rng(seed).permutation(len(sentences))]
+
+
 def one_shot_kwargs(sparsity) -> dict:
   """``prune_layerwise`` keywords of a sparsity: a fraction, or ``"n:m"``."""
   if isinstance(sparsity, str):
@@ -185,6 +196,8 @@ def main() -> None:
   parser.add_argument("--json", default=None, help="write the figures to this path")
   parser.add_argument("--calibration", type=int, default=0,
                       help="calibration sentences (0: the whole calibration split)")
+  parser.add_argument("--one-shot-calibration", choices=("docstrings", "reference"),
+                      default="docstrings", help="calibration text of the one-shot methods")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
@@ -196,18 +209,20 @@ def main() -> None:
                            - ref["embeddings"]).max())
   print(f"port: max |flax - torch| = {port_diff:.2e} over {len(ref['sentences'])} sentences")
 
-  calibration = text.sentences("calibration")
-  shuffled = [calibration[i] for i in np.random.default_rng(args.seed).permutation(
-      len(calibration))]
+  shuffled = source_sentences("reference", args.seed)
+  one_shot_text = source_sentences(args.one_shot_calibration, args.seed)
   queries, passages = text.retrieval_pairs("evaluation")
   n_cal = args.calibration or len(shuffled)
   if args.quick:
     n_cal, queries, passages = 32, queries[:16], passages[:16]
   calibration = shuffled[:n_cal]
   batches = minilm.token_batches(tok, sorted(calibration, key=len), 32)
+  one_shot_text = one_shot_text[:32] if args.quick else one_shot_text
+  one_shot_batches = minilm.token_batches(tok, sorted(one_shot_text, key=len), 32)
   evaluate = Evaluation(model, tok, queries, passages, args.batch_size)
   dense = evaluate(model)
-  print(f"calibration: {len(calibration)} sentences; evaluation: {len(queries)} queries x "
+  print(f"calibration: {len(one_shot_text)} {args.one_shot_calibration} sentences (one-shot), "
+        f"{len(calibration)} reference sentences (structured); evaluation: {len(queries)} queries x "
         f"{len(passages)} passages, {evaluate.tokens} tokens on average; dense retrieval "
         f"top-1 {dense['retrieval_top1']:.4f}, dense params {dense['params']}")
   results = [{"method": "dense", "sparsity": 0.0, **dense}]
@@ -215,7 +230,7 @@ def main() -> None:
   sparsities = [0.5] if args.quick else [0.5, 0.6, 0.7, "2:4", "4:8"]
   for method in pruning.METHODS:
     for sparsity in sparsities:
-      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False,
+      pruned, _ = pruning.prune_layerwise(model, one_shot_batches, method, progress=False,
                                           **one_shot_kwargs(sparsity))
       results.append({"method": method, "sparsity": sparsity, **evaluate(pruned)})
       print(f"  {method:9s} {str(sparsity):4s} fidelity {results[-1]['fidelity']:.4f} "
@@ -295,6 +310,8 @@ def main() -> None:
   if args.json:
     common.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
                                   "calibration_sentences": len(calibration),
+                                  "one_shot_calibration": args.one_shot_calibration,
+                                  "one_shot_calibration_sentences": len(one_shot_text),
                                   "queries": len(queries), "quick": args.quick})
 
 
