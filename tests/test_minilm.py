@@ -216,15 +216,21 @@ def test_text_splits_are_disjoint_and_deterministic():
     text.sentences("test")
 
 
-def test_docstring_sentences_hold_a_docstring_read_at_run_time():
-  docs = text.docstring_sentences()
-  assert len(docs) > 5000 and len(set(docs)) == len(docs)
-  assert not set(docs) & set(text.sentences("evaluation"))
-  assert all(5 <= len(s.split()) <= 40 and s.endswith((".", "?", "!")) for s in docs)
+def test_docstring_splits_hold_docstrings_read_at_run_time_and_no_reference_text():
+  cal, ev = (text.sentences(split, source="docstrings") for split in text.SPLITS)
+  assert len(cal) > 5000 and len(ev) > 5000
+  reference = set(text.sentences("calibration")) | set(text.sentences("evaluation"))
+  assert len(set(cal) | set(ev)) == len(cal) + len(ev)  # distinct, and the splits disjoint
+  assert not (set(cal) | set(ev)) & reference
+  assert all(5 <= len(s.split()) <= 40 and s.endswith((".", "?", "!")) for s in cal + ev)
+  queries, passages = text.retrieval_pairs("evaluation", source="docstrings")
+  assert len(queries) == len(passages) > 900
   # The same sentences, reached through the imported function's __doc__ instead of the source.
   expected = [s for p in text.prose_paragraphs(inspect.cleandoc(textwrap.dedent.__doc__))
               for s in text.split_sentences(p)]
-  assert len(expected) >= 3 and set(expected) <= set(docs)
+  assert len(expected) >= 3 and set(expected) <= set(cal) | set(ev)
+  with pytest.raises(ValueError, match="Unknown text source"):
+    text.sentences("calibration", source="web")
 
 
 def test_mcnemar_against_the_binomial_by_hand():
