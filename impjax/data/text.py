@@ -94,6 +94,13 @@ def split_sentences(paragraph: str, min_words: int = 5, max_words: int = 40) -> 
   return out
 
 
+def _unseen_sentences(paragraph: str, seen: set[str]) -> tuple[str, ...]:
+  """The sentences of ``paragraph`` not in ``seen``, which then holds them too."""
+  sents = tuple(s for s in split_sentences(paragraph) if s not in seen)
+  seen.update(sents)
+  return sents
+
+
 @functools.cache
 def _reference_paragraphs(split: str) -> tuple[tuple[str, ...], ...]:
   """Sentence tuples per paragraph; evaluation drops any sentence calibration also has."""
@@ -106,9 +113,7 @@ def _reference_paragraphs(split: str) -> tuple[tuple[str, ...], ...]:
   out = []
   for name in wanted:
     for paragraph in prose_paragraphs(topics[name]):
-      sents = tuple(s for s in split_sentences(paragraph) if s not in seen)
-      seen.update(sents)
-      if sents:
+      if sents := _unseen_sentences(paragraph, seen):
         out.append(sents)
   return tuple(out)
 
@@ -135,9 +140,7 @@ def _docstring_paragraphs() -> dict[str, tuple[tuple[str, ...], ...]]:
     for node in ast.walk(tree):
       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
         for paragraph in prose_paragraphs(ast.get_docstring(node) or ""):
-          sents = tuple(s for s in split_sentences(paragraph) if s not in seen)
-          seen.update(sents)
-          if sents:
+          if sents := _unseen_sentences(paragraph, seen):
             out[SPLITS[i % 2 == 0]].append(sents)
   return {split: tuple(paragraphs) for split, paragraphs in out.items()}
 
