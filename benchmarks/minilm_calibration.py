@@ -80,12 +80,11 @@ def print_tables(title: str, rows: list, pairs: list, key: str) -> None:
     mine = {r["method"]: r for r in rows
             if r[key] == pair[key] and r["sparsity"] == pair["sparsity"]
             and r["sentences"] == pair["sentences"]}
-    prefix = "" if pair["evaluation"] == text.SOURCES[0] else pair["evaluation"] + "_"
+    fidelity, top1 = (minilm_pruning.metric_key(pair["evaluation"], m)
+                      for m in ("fidelity", "retrieval_top1"))
     table.append([pair[key], pair["sentences"], mine["wanda"]["tokens"], pair["sparsity"],
-                  pair["evaluation"], mine["wanda"][prefix + "fidelity"],
-                  mine["sparsegpt"][prefix + "fidelity"],
-                  mine["wanda"][prefix + "retrieval_top1"],
-                  mine["sparsegpt"][prefix + "retrieval_top1"],
+                  pair["evaluation"], mine["wanda"][fidelity], mine["sparsegpt"][fidelity],
+                  mine["wanda"][top1], mine["sparsegpt"][top1],
                   f"{pair['wanda_only']}/{pair['sparsegpt_only']}", pair["p_value"]])
   print(common.format_table(
       [key, "sentences", "tokens", "sparsity", "evaluation", "fidelity wanda",

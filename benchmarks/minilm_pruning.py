@@ -100,12 +100,18 @@ def time_ratio(model, dense_model, batch, repeats=7) -> float:
   return best[0] / best[1]
 
 
+def metric_key(source: str, metric: str) -> str:
+  """The result key of ``metric`` on ``source``'s evaluation set: the reference pages' bare
+  (``fidelity``), another source's prefixed with its name (``docstrings_fidelity``)."""
+  return metric if source == text.SOURCES[0] else f"{source}_{metric}"
+
+
 class Evaluation:
   """Dense reference embeddings and the metrics of a pruned model against them.
 
-  ``sets`` maps an evaluation source (``text.SOURCES``) to its ``(queries, passages)``; the
-  first set's metrics are ``fidelity`` and ``retrieval_top1``, another's carry its name as a
-  prefix (``docstrings_fidelity``). Mean length and the timing batch come from the first set.
+  ``sets`` maps an evaluation source (``text.SOURCES``) to its ``(queries, passages)``, each
+  set's metrics keyed by :func:`metric_key`. Mean length and the timing batch come from the
+  first set.
   """
 
   def __init__(self, model, tok, sets: dict, batch_size):
@@ -128,12 +134,11 @@ class Evaluation:
   def quality(self, model):
     """``({"fidelity", "retrieval_top1", ...}, {source: per-query hits})`` of ``model``."""
     emb, start, out, hits = self.embed(model), 0, {}, {}
-    for i, (name, (queries, passages)) in enumerate(self.sets.items()):
+    for name, (queries, passages) in self.sets.items():
       n, end = len(queries), start + len(queries) + len(passages)
-      prefix = "" if i == 0 else f"{name}_"
       hits[name] = text.retrieval_hits(emb[start:start + n], emb[start + n:end])
-      out[prefix + "fidelity"] = text.fidelity(emb[start:end], self.dense[start:end])
-      out[prefix + "retrieval_top1"] = float(np.mean(hits[name]))
+      out[metric_key(name, "fidelity")] = text.fidelity(emb[start:end], self.dense[start:end])
+      out[metric_key(name, "retrieval_top1")] = float(np.mean(hits[name]))
       start = end
     return out, hits
 
@@ -219,7 +224,7 @@ def main() -> None:
   parser.add_argument("--json", default=None, help="write the figures to this path")
   parser.add_argument("--calibration", type=int, default=0,
                       help="calibration sentences (0: the whole calibration split)")
-  parser.add_argument("--one-shot-calibration", choices=("docstrings", "reference"),
+  parser.add_argument("--one-shot-calibration", choices=text.SOURCES,
                       default="docstrings", help="calibration text of the one-shot methods")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
