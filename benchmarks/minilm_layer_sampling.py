@@ -15,14 +15,14 @@ What it measures, in one run, from the same pretrained weights:
   with weights ``sigmoid(-s)``, the layer scores ``s`` learned from 3 damping trials (half the
   layers skipped) every 10 steps; optimizer state for every layer, since the set changes
   every step. Each method's per-query hits are paired with full fine-tuning's by McNemar's
-  exact test (``text.mcnemar``): the queries only one of the two retrieves, and the p-value.
+  exact test (``metrics.mcnemar``): the queries only one of the two retrieves, and the p-value.
   ``--source`` picks the text (``text.SOURCES``): the standard-library docstrings (default;
   1058 training pairs, 1034 evaluation pairs, so one query is 0.1 points) or the Python
   reference pages (184 training pairs, which 100 steps of batch 16 pass over 9 times, and 228
   evaluation pairs, one query 0.44 points); training and evaluation pairs never share a page
   or file.
 * **Training**: the source's calibration-split (query, passage) pairs with the in-batch contrastive
-  loss (``text.contrastive_loss``, scale 20), AdamW (lr 5e-5, weight decay 0.01), batch 16
+  loss (``metrics.contrastive_loss``, scale 20), AdamW (lr 5e-5, weight decay 0.01), batch 16
   pairs, queries truncated/padded to 32 tokens and passages to 64, the same seeded shuffled
   batches for all methods, which are stepped in alternation so the shared CPU's load hits
   them alike.
@@ -72,6 +72,8 @@ from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-impor
 from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.transforms import layer_stack  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FULL = {"steps": 100, "batch": 16, "query_len": 32, "passage_len": 64, "period": 10,
         "eval_pairs": None, "timing_repeats": 0}
@@ -108,7 +110,7 @@ class StackedMiniLM:
 
   def loss(self, params, batch, run=None):
     """In-batch contrastive loss of (query, passage) pairs; ``run`` replaces the layer stack."""
-    return text.contrastive_loss(self.encode(params, batch["q_ids"], batch["q_mask"], run),
+    return metrics.contrastive_loss(self.encode(params, batch["q_ids"], batch["q_mask"], run),
                                  self.encode(params, batch["p_ids"], batch["p_mask"], run))
 
   def model(self, params) -> minilm.MiniLM:
@@ -142,7 +144,7 @@ def training_batches(tokenizer, settings, seed, source="docstrings"):
 
 def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:
   emb = minilm.embed_texts(model, tokenizer, queries + passages)
-  return text.retrieval_hits(emb[:len(queries)], emb[len(queries):])
+  return metrics.retrieval_hits(emb[:len(queries)], emb[len(queries):])
 
 
 def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source="docstrings"):
@@ -156,7 +158,7 @@ def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source
   tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
   # What full fine-tuning differentiates and updates: everything, or the layer stack alone.
   trained = (lambda p: p["blocks"]) if freeze_embeddings else (lambda p: p)
-  merge = ((lambda p, t: transforms.set_path(p, "blocks", t)) if freeze_embeddings
+  merge = ((lambda p, t: tree_utils.set_path(p, "blocks", t)) if freeze_embeddings
            else (lambda p, t: t))
 
   def full_step(p, opt_state, batch):
@@ -199,7 +201,7 @@ def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source
   bwd_full, forward = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
                                                       batches[0], None, not freeze_embeddings)
   rest_bytes = (0 if freeze_embeddings
-                else dropout_ordering.tree_bytes(transforms.set_path(params, "blocks", None)))
+                else dropout_ordering.tree_bytes(tree_utils.set_path(params, "blocks", None)))
   full_hits = evaluate(full_state[0])
   results = {
       "full": {"retrieval_top1": float(np.mean(full_hits)), "backward_flops": bwd_full,
@@ -211,11 +213,11 @@ def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source
     idx = tuple(range(samplers[name][2]))  # FLOPs depend on how many layers train, not which
     results[name] = {
         "gamma": samplers[name][2], "retrieval_top1": float(np.mean(hits)),
-        "mcnemar_vs_full": text.mcnemar(hits, full_hits),
+        "mcnemar_vs_full": metrics.mcnemar(hits, full_hits),
         "backward_flops": dropout_ordering.backward_flops(
             stacked.loss, stacked.block, params, batches[0], idx, not freeze_embeddings)[0],
         "gradient_bytes": rest_bytes + dropout_ordering.tree_bytes(
-            transforms.gather(params["blocks"], init.sampler_state.idx)),
+            layer_stack.gather(params["blocks"], init.sampler_state.idx)),
         "optimizer_state_bytes": dropout_ordering.tree_bytes((init.opt_state,
                                                               init.layer_opt_state)),
         "xla": dropout_ordering.memory(ls.step, init, batches[0]),

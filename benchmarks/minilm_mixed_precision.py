@@ -83,6 +83,7 @@ from impjax import tree_utils
 from impjax.data import text
 from impjax.flax import capture
 from impjax.models import minilm
+from impjax import metrics
 
 CHOICES = mixed_precision.CHOICES  # (2, 3, 4, 5, 6, 8)
 AVG_BITS = mixed_precision.AVG_BITS  # (3, 4, 5)
@@ -112,7 +113,7 @@ def measured_table(config, params, the_plan, batch):
   one kernel at a time fake-quantized at each choice, the rest float: ``(1, choices)`` per
   planned leaf (``(0, choices)`` for dense leaves)."""
   encode = jax.jit(lambda p: minilm.from_params(config, p).encode(batch["ids"], batch["mask"]))
-  quantize = jax.jit(lambda w, b: transforms.fake_quant_array(w, b, SCHEME))
+  quantize = jax.jit(lambda w, b: quantization.fake_quant_array(w, b, SCHEME))
   reference = encode(params)
   planned = [n for n, g in zip(tree_utils.path_names(params), jax.tree.leaves(
       the_plan, is_leaf=lambda v: isinstance(v, groups.Granularity))) if g.kind != "dense"]
@@ -148,7 +149,7 @@ def calibration_statistics(config, params, batches):
   """From one calibration pass: ``E[x x^T]`` of every encoder kernel's inputs as a tree like
   ``params`` (``None`` elsewhere), and Layer-Wise Quantization's block influence of every
   encoder layer, ``{"layers/i": BI}``."""
-  stats = scores.means(capture.calibrate(functools.partial(_calibration_sums, config), params,
+  stats = scores.means(capture.accumulate_sums(functools.partial(_calibration_sums, config), params,
                                          batches, total=len(batches)))
   moments = tree_utils.map_with_path(
       lambda path, _: stats["grams"][path]["gram"] if path in stats["grams"] else None, params)
@@ -193,7 +194,7 @@ def main(argv=None):
   print(f"{len(names)} kernels, {sum(int(s.sum()) for s in jax.tree.leaves(sizes))} weights; "
         f"calibration {len(calibration)} sentences; evaluation {n_q} queries x "
         f"{len(passages)} passages; float retrieval top-1 "
-        f"{text.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f}", flush=True)
+        f"{metrics.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f}", flush=True)
 
   table = measured_table(model.config, params, the_plan, measure_batch)
   fisher_table = jax.jit(lambda p, f: quantization.hawq_table(p, f, CHOICES, the_plan, SCHEME))(
@@ -250,7 +251,7 @@ def main(argv=None):
         f"{n_random} orders. Evaluation split only.")
   for field, title in (("fidelity", "Embedding fidelity (mean cosine to float), higher is better"),
                        ("retrieval_top1", "Retrieval top-1 (float: "
-                        f"{text.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f})"),
+                        f"{metrics.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f})"),
                        ("avg_bits", "Achieved average bits per quantized weight")):
     print(f"\n{title}:")
     print(common.format_table(["avg bits", *methods],

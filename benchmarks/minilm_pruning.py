@@ -64,6 +64,7 @@ from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-po
 from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                        "fixtures", "minilm_reference.npz")
@@ -136,8 +137,8 @@ class Evaluation:
     emb, start, out, hits = self.embed(model), 0, {}, {}
     for name, (queries, passages) in self.sets.items():
       n, end = len(queries), start + len(queries) + len(passages)
-      hits[name] = text.retrieval_hits(emb[start:start + n], emb[start + n:end])
-      out[metric_key(name, "fidelity")] = text.fidelity(emb[start:end], self.dense[start:end])
+      hits[name] = metrics.retrieval_hits(emb[start:start + n], emb[start + n:end])
+      out[metric_key(name, "fidelity")] = metrics.fidelity(emb[start:end], self.dense[start:end])
       out[metric_key(name, "retrieval_top1")] = float(np.mean(hits[name]))
       start = end
     return out, hits
@@ -189,13 +190,13 @@ def label_taylor_mlp_scores(model, tok, pairs, batch_size):
       encoder = minilm.from_params(model.config, p)
       q = encoder.encode(batch[0]["ids"], batch[0]["mask"])
       d = encoder.encode(batch[1]["ids"], batch[1]["mask"])
-      return text.contrastive_loss(q, d)
+      return metrics.contrastive_loss(q, d)
     return jax.grad(loss)(p)
 
   importance = estimators.calibrated_importance(scores.criterion("taylor"), params, batches,
                                                 grad_fn, total=len(batches), progress=False)
   groups = pruning.encoder_groups(model.config)
-  return {k: pruning.unit_scores(importance, g) for k, g in groups.items() if k.endswith("mlp")}
+  return {k: groups.coupled_scores(importance, g) for k, g in groups.items() if k.endswith("mlp")}
 
 
 def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"):
@@ -203,7 +204,7 @@ def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"
   params = params_of(model)
   keep = {k: pruning.keep_top(unit_scores[k], keep_counts[k]) for k in unit_scores}
   groups = pruning.encoder_groups(model.config)
-  masks = pruning.unit_masks(params, {k: groups[k] for k in keep}, keep)
+  masks = groups.coupled_masks(params, {k: groups[k] for k in keep}, keep)
   masked = minilm.from_params(model.config, transforms.apply_masks(params, masks))
   small, config = pruning.compact_encoder(masked, keep)
   row = evaluate(small)
@@ -274,7 +275,7 @@ def main() -> None:
   groups = pruning.encoder_groups(model.config)
   magnitude = scores.magnitude(params_of(model))
   mlp_scores = {
-      "magnitude": {k: pruning.unit_scores(magnitude, g) for k, g in groups.items()
+      "magnitude": {k: groups.coupled_scores(magnitude, g) for k, g in groups.items()
                     if k.endswith("mlp")},
       "entropy_taylor": pruning.entropy_taylor_scores(model, cal_batches, "mlp", progress=False),
   }
@@ -290,7 +291,7 @@ def main() -> None:
       print(f"  mlp/{name:15s} {ratio}: fidelity {structured[-1]['fidelity']:.4f}", flush=True)
   if not args.quick:
     head_scores = {
-        "magnitude": {k: pruning.unit_scores(magnitude, g) for k, g in groups.items()
+        "magnitude": {k: groups.coupled_scores(magnitude, g) for k, g in groups.items()
                       if k.endswith("heads")},
         "entropy_taylor": pruning.entropy_taylor_scores(model, cal_batches, "heads",
                                                         progress=False)}
@@ -308,7 +309,7 @@ def main() -> None:
   def quality(keep):
     gates = [jnp.asarray(keep.get(f"layers/{i}/mlp", np.ones(u, bool)), jnp.float32)
              for i, u in enumerate(model.config.intermediate_sizes)]
-    return text.fidelity(np.asarray(encode(state, gates)), reference)
+    return metrics.fidelity(np.asarray(encode(state, gates)), reference)
 
   amp = []
   for tolerance in ([0.05] if args.quick else [0.02, 0.05]):
@@ -332,7 +333,7 @@ def main() -> None:
   paired = [{"sparsity": sparsity, "evaluation": source, "wanda_only": t["a_only"],
              "sparsegpt_only": t["b_only"], "p_value": t["p_value"]}
             for sparsity in sparsities for source in sets
-            for t in [text.mcnemar(hits["wanda", sparsity][source],
+            for t in [metrics.mcnemar(hits["wanda", sparsity][source],
                                    hits["sparsegpt", sparsity][source])]]
   print("\nWanda and SparseGPT paired per query (McNemar's exact test): queries retrieved by "
         "one method only")

@@ -37,7 +37,7 @@ per-channel Hutchinson estimates are noisy (a prior run on an 80/20 split of the
 not the test split, showed the knapsack then losing to uniform at 4 and 5 bits), which is why
 the Fisher was chosen. The test split is used only for the reported figures. Also reported:
 post-training calibration (per-channel clip
-ratios minimizing the layer-output error on training inputs, ``quantization.calibrate``),
+ratios minimizing the layer-output error on training inputs, ``quantization.clip_ratios``),
 PTQ1.61-style salient input channels kept at 8 bits, quantization-aware training at 4 bits
 (``transforms.quantized`` around the job's loss in ``train.make_train_step``, 500 fine-tuning
 steps from the float model), and real storage: the QAT model and the knapsack allocation
@@ -84,7 +84,7 @@ import one_shot_quality  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 CHOICES = (2, 3, 4, 5, 6, 8)
 AVG_BITS = (3, 4, 5)
-SCHEME = transforms.Scheme(channel_axes=(-1,))  # symmetric, per output channel, "hawq"
+SCHEME = quantization.Scheme(channel_axes=(-1,))  # symmetric, per output channel, "hawq"
 RULES = ((r"(^|/)kernel$", groups.neurons(-1)),)  # units: output channels; biases stay float
 NUM_RANDOM_ORDERS = 5
 PROBES = 16
@@ -177,7 +177,7 @@ def run_seed(config, train_data, test_data, num_classes, steps, quick):
       lambda path, w, g: jnp.zeros_like(w) if g is None else jnp.square(w) * jnp.diag(g)[:, None],
       params, grams)
   salient = select.salient_channels(element, the_plan, SALIENT_FRACTION)
-  calibrate = jax.jit(lambda p, b, g: quantization.calibrate(p, b, g, SCHEME))
+  calibrate = jax.jit(lambda p, b, g: quantization.clip_ratios(p, b, g, SCHEME))
   for avg in (2, 3):
     bits = uniform_bits(sizes, avg, params, the_plan)
     out[("absmax", avg)] = measure(bits)

@@ -9,7 +9,7 @@ sparsity the data-aware criteria keep more accuracy than magnitude, and magnitud
 random: ``obd, taylor >= magnitude > random`` (on the mean over seeds). Pruned in one cut,
 Taylor and OBD fall behind magnitude at 90% (their per-weight estimates do not survive removing
 90% at once); ``taylor xR``/``obd xR`` prune in R re-scored cuts with no weight update
-(``transforms.prune_in_rounds``), which is where the ordering holds.
+(``pruning.prune_in_rounds``), which is where the ordering holds.
 
 The model: ``impjax.train.default_config()`` (MLP 64-256-256-10 by default, ``--model cnn``
 for the CNN) trained exactly as the main job's dense phase — AdamW (lr 1e-3, weight decay
@@ -68,6 +68,7 @@ from impjax import select
 from impjax import train
 from impjax import transforms
 from impjax import viz
+from impjax import pruning
 
 CRITERIA = ("magnitude", "random", "saliency", "taylor", "fisher", "obd")
 ROUND_CRITERIA = ("taylor", "obd")  # also pruned in rounds, re-scored between cuts
@@ -140,7 +141,7 @@ def run_seed(config, train_data, test_data, num_classes, steps, sparsities, roun
     score = lambda p, name=name: importance_of(name, graphdef, p, train_data,
                                                config.batch_size, config.seed)
     for s in sparsities:
-      masks = transforms.prune_in_rounds(params, the_plan, s, score, rounds)
+      masks = pruning.prune_in_rounds(params, the_plan, s, score, rounds)
       results[(f"{name} x{rounds}", s)] = accuracy(transforms.apply_masks(params, masks),
                                                   test_data)
   return dense, results
@@ -155,7 +156,7 @@ def main(argv=None):
                       help="dense training steps (default: config.pruning.begin_step = 1500)")
   parser.add_argument("--sparsities", type=float, nargs="+", default=None)
   parser.add_argument("--rounds", type=int, default=10,
-                      help="cuts of the re-scored variants (transforms.prune_in_rounds)")
+                      help="cuts of the re-scored variants (pruning.prune_in_rounds)")
   parser.add_argument("--json", default=None, help="write results as JSON here")
   parser.add_argument("--plot", default=None, help="save accuracy-vs-sparsity PNG here")
   parser.add_argument("--quick", action="store_true",

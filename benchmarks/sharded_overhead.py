@@ -100,9 +100,9 @@ def main():
   adamw = optax.adamw(1e-4, weight_decay=1e-4)
   variants = {
       "plain": adamw,
-      "masked": ij.transforms.masked(adamw, schedule, "magnitude"),
-      "masked+obd_ema": ij.transforms.masked(adamw, schedule, "obd"),
-      "masked+obd_ema_bf16": ij.transforms.masked(
+      "masked": ij.transforms.prune(adamw, schedule, "magnitude"),
+      "masked+obd_ema": ij.transforms.prune(adamw, schedule, "obd"),
+      "masked+obd_ema_bf16": ij.transforms.prune(
           adamw, schedule, "obd",
           estimator=lambda stat: ij.estimators.ema(stat, 0.99, dtype=jnp.bfloat16)),
   }

@@ -50,11 +50,11 @@ def main():
   sched = schedules.polynomial(0.0, 0.9, 0, 1000, 100)
   variants = {
       "adamw": adamw,
-      "masked (magnitude, bool masks)": transforms.masked(adamw, sched, "magnitude"),
-      "masked (magnitude, packed masks)": transforms.masked(adamw, sched, "magnitude",
+      "masked (magnitude, bool masks)": transforms.prune(adamw, sched, "magnitude"),
+      "masked (magnitude, packed masks)": transforms.prune(adamw, sched, "magnitude",
                                                             pack=True),
-      "masked (obd f32 EMA, bool masks)": transforms.masked(adamw, sched, "obd"),
-      "masked (obd bf16 EMA, packed masks)": transforms.masked(
+      "masked (obd f32 EMA, bool masks)": transforms.prune(adamw, sched, "obd"),
+      "masked (obd bf16 EMA, packed masks)": transforms.prune(
           adamw, sched, "obd", pack=True,
           estimator=functools.partial(estimators.ema, decay=0.99, dtype=jnp.bfloat16)),
   }

@@ -5,7 +5,7 @@ What it measures: the wall time of one jitted training step of the digits CNN
 builds it: 3x3 convs of 32 and 64 channels, dense 128, head 10), batch 256, for
 
 * ``dense``: plain AdamW (the config's lr and weight decay);
-* ``masked``: the same AdamW inside ``impjax.transforms.masked(..., criterion="magnitude")``
+* ``masked``: the same AdamW inside ``impjax.transforms.prune(..., criterion="magnitude")``
   — masks applied to gradients and updates, no statistic accumulated;
 * ``masked_with_importance``: ``criterion="obd"`` with the EMA estimator (decay 0.99), so
   every step also accumulates the squared-gradient statistic.
@@ -61,6 +61,7 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import train
 from impjax import transforms
+from impjax.transforms import masking
 
 VARIANTS = ("dense", "masked", "masked_with_importance")
 CRITERION = {"masked": "magnitude", "masked_with_importance": "obd"}
@@ -143,7 +144,7 @@ def main(argv=None):
                    "round_mean_ms": 1e3 * float(np.median(t.mean(axis=1))),
                    "paired_steady_ratio": float(np.median(t[:, 1:] / times["dense"][:, 1:]))}
 
-  masks = transforms.find_masked_state(state["masked_with_importance"][1]).masks
+  masks = masking.find_prune_state(state["masked_with_importance"][1]).masks
   final_sparsity = transforms.sparsity_report(masks, params)["global"]
   ratio = lambda name, key: stats[name][key] / stats["dense"][key]
   result = {

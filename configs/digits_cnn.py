@@ -6,11 +6,11 @@ Override any field, e.g. ``--config.pruning.granularity=2:4``;
 ``--config=configs/digits_cnn.py:quick`` gives a short smoke run.
 """
 
-from impjax import train
+from configs import default
 
 
 def get_config(arg: str | None = None):
-  """Returns the config; ``arg="quick"`` shortens the run."""
-  config = train.default_config(quick=train.parse_config_arg(arg))
-  config.model = "cnn"
+  """The defaults with the CNN; ``arg="quick"`` shortens the run."""
+  config = default.get_config(arg)
+  config.model.name = "cnn"
   return config

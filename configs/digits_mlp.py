@@ -1,4 +1,4 @@
-"""Digits MLP, gradually pruned to 90% sparsity with the OBD criterion.
+"""Digits MLP, gradually pruned to 90% sparsity with the OBD criterion (the defaults).
 
 Run:
   python launch/main.py --config=configs/digits_mlp.py --workdir=/tmp/impjax_mlp
@@ -6,11 +6,11 @@ Override any field, e.g. ``--config.pruning.criterion=magnitude --config.steps=3
 ``--config=configs/digits_mlp.py:quick`` gives a short smoke run.
 """
 
-from impjax import train
+from configs import default
 
 
 def get_config(arg: str | None = None):
-  """Returns the config; ``arg="quick"`` shortens the run."""
-  config = train.default_config(quick=train.parse_config_arg(arg))
-  config.model = "mlp"
+  """The defaults with the MLP; ``arg="quick"`` shortens the run."""
+  config = default.get_config(arg)
+  config.model.name = "mlp"
   return config

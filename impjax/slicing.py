@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from flax import nnx
 import jax
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impjax import models
-from impjax.transforms.ordered_dropout import num_kept
+from impjax import select
 
 
 def _params(model: nnx.Module) -> dict:
@@ -56,7 +56,7 @@ def _kept(ranks: dict[str, jax.Array], module: str, num_units: int, width: float
   if rank.shape != (num_units,):
     raise ValueError(f"ranks['{module}'] has shape {rank.shape}, but the module has "
                      f"{num_units} units.")
-  return np.argsort(rank, kind="stable")[:num_kept(width, num_units)]
+  return np.argsort(rank, kind="stable")[:select.num_kept(width, num_units)]
 
 
 def _slice_chain(layers: dict, name: str, ranks: dict, width: float) -> tuple[dict, np.ndarray]:

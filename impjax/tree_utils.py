@@ -39,6 +39,50 @@ def path_names(tree: Any) -> list[str]:
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def leaves_by_path(tree: Any) -> dict[str, Any]:
+  """``{path string: leaf}`` of every leaf of ``tree``, in flattening order.
+
+  Example:
+    >>> leaves_by_path({"a": {"b": 1}, "c": 2})
+    {'a/b': 1, 'c': 2}
+  """
+  return dict(zip(path_names(tree), jax.tree.leaves(tree)))
+
+
+def get_path(tree: Any, path: str) -> Any:
+  """The node at ``"a/b/0"``: dict keys, sequence indices or attributes (an NNX module's
+  submodules); ``ValueError`` naming the path if it is missing.
+
+  Example:
+    >>> get_path({"a": {"b": [1, 2]}}, "a/b/1")
+    2
+  """
+  node = tree
+  for key in path.split("/"):
+    if isinstance(node, dict) and key in node:
+      node = node[key]
+    elif key.isdigit() and not isinstance(node, dict) and hasattr(node, "__getitem__"):
+      node = node[int(key)]
+    elif not isinstance(node, dict) and not key.isdigit() and hasattr(node, key):
+      node = getattr(node, key)
+    else:
+      raise ValueError(f"No subtree '{path}' in the params (top-level keys: "
+                       f"{sorted(tree) if isinstance(tree, dict) else type(tree)}).")
+  return node
+
+
+def set_path(tree: dict, path: str, value: Any) -> dict:
+  """A copy of nested dicts ``tree`` with the subtree at ``path`` replaced.
+
+  Example:
+    >>> set_path({"a": {"b": 1, "c": 2}}, "a/b", 5)
+    {'a': {'b': 5, 'c': 2}}
+  """
+  get_path(tree, path)
+  head, _, rest = path.partition("/")
+  return {**tree, head: set_path(tree[head], rest, value) if rest else value}
+
+
 def map_with_path(fn, tree: Any, *rest: Any, is_leaf=None) -> Any:
   """``jax.tree.map`` where ``fn`` receives the leaf's path string first."""
   return jax.tree_util.tree_map_with_path(

@@ -1,17 +1,25 @@
-"""Runs the main job: ``python launch/main.py --config=configs/digits_mlp.py --workdir=DIR``.
+"""Runs the main job: ``python launch/main.py --config=configs/default.py --workdir=DIR``.
 
-Multi-process (one process per host, or several on one host over loopback):
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``; ``--distributed`` alone
-lets ``jax.distributed.initialize()`` read the cluster (TPU pods, SLURM, ...).
+The console shows the job's own progress bar and metrics; library logging (orbax, absl INFO)
+goes to ``DIR/train.log`` (``--alsologtostderr`` shows it too). Multi-process (one process
+per host, or several on one host over loopback): ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``; ``--distributed`` alone lets
+``jax.distributed.initialize()`` read the cluster (TPU pods, SLURM, ...).
 """
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
-from impjax import train
+from launch import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -26,6 +34,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  logging.get_absl_handler().use_absl_log_file("train", FLAGS.workdir)
   if FLAGS.coordinator_address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives only
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

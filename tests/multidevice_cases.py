@@ -48,7 +48,7 @@ def test_scores_on_sharded_params_equal_single_device(mesh):
   sharded_p = jax.tree.map(lambda x: shard_rows(x, mesh), params)
   sharded_g = jax.tree.map(lambda x: shard_rows(x, mesh), grads)
   assert sharded_p["a"]["kernel"].sharding.spec == P("d")
-  for name in ij.scores.NAMES:
+  for name in ij.scores.CRITERIA:
     crit = ij.scores.criterion(name)
     def importance(p, g):
       return crit.importance(p, None if crit.statistic is None else crit.statistic(p, g))
@@ -131,7 +131,7 @@ def _setup():
 
 
 def _tx(axis_name=None):
-  return ij.transforms.masked(optax.adam(1e-2), ij.schedules.polynomial(0.0, 0.7, 1, 5, 2),
+  return ij.transforms.prune(optax.adam(1e-2), ij.schedules.polynomial(0.0, 0.7, 1, 5, 2),
                               "obd", axis_name=axis_name)
 
 

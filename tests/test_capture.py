@@ -63,7 +63,7 @@ def observe(state, batch, graphdef):
 
 
 class Observer:
-  """Hashable observer of one graph (capture.calibrate takes it as a static argument)."""
+  """Hashable observer of one graph (capture.accumulate_sums takes it as a static argument)."""
 
   def __init__(self, graphdef):
     self.graphdef = graphdef
@@ -82,8 +82,8 @@ def test_statistics_equal_in_one_batch_many_batches_and_across_devices():
   model, ids, mask = model_and_data()
   graphdef, state = nnx.split(model)
   obs = Observer(graphdef)
-  one = scores.means(capture.calibrate(obs, state, [(ids, mask)], progress=False))
-  many = scores.means(capture.calibrate(
+  one = scores.means(capture.accumulate_sums(obs, state, [(ids, mask)], progress=False))
+  many = scores.means(capture.accumulate_sums(
       obs, state, [(ids[i:i + 3], mask[i:i + 3]) for i in range(0, 8, 3)], progress=False))
   estimator = capture.SUMS
 
@@ -103,7 +103,7 @@ def test_statistics_against_numpy():
   model, ids, mask = model_and_data()
   _, acts = capture.intermediates(lambda m: m(ids, mask), model)
   graphdef, state = nnx.split(model)
-  got = scores.means(capture.calibrate(Observer(graphdef), state, [(ids, mask)], progress=False))
+  got = scores.means(capture.accumulate_sums(Observer(graphdef), state, [(ids, mask)], progress=False))
   real = mask.astype(bool)
   hidden = np.asarray(acts["layers/0/output/inputs"])[real]
   np.testing.assert_allclose(got["hidden"]["sq"], (hidden ** 2).mean(0), rtol=1e-5)
@@ -114,4 +114,4 @@ def test_statistics_against_numpy():
 
 def test_calibrate_needs_batches():
   with pytest.raises(ValueError, match="no batches"):
-    capture.calibrate(lambda v, b: {"count": jnp.float32(1)}, None, [], progress=False)
+    capture.accumulate_sums(lambda v, b: {"count": jnp.float32(1)}, None, [], progress=False)

@@ -14,7 +14,7 @@ from impjax import groups
 from impjax import quantization
 from impjax import select
 from impjax import transforms
-from impjax.transforms import Scheme
+from impjax.quantization import Scheme
 
 
 def test_pack_int4_matches_nibble_formula_and_round_trips():
@@ -41,7 +41,7 @@ def expected_bytes(n, scales, bits, symmetric):
                                     Scheme(False, (-1,), 4), Scheme(False)],
                          ids=["tensor", "channel", "asym_grouped", "asym_tensor"])
 def test_export_load_equals_fake_quant_and_bytes_match(scheme):
-  scales = int(np.prod(transforms.scale_shape((24, 6), scheme)))
+  scales = int(np.prod(quantization.scale_shape((24, 6), scheme)))
   for bits in (2, 3, 4, 5, 8):
     tree_bits = {"dense": {"kernel": bits, "bias": None}, "head": {"kernel": "bfloat16"}}
     stored = quantization.export(PARAMS, tree_bits, scheme)
@@ -110,7 +110,7 @@ SALIENT = select.salient_channels(jax.tree.map(jnp.square, PARAMS), PLAN, 0.125)
 def test_salient_export_load_equals_fake_quant_and_bytes_match(scheme):
   salient_rows = np.flatnonzero(np.asarray(SALIENT["dense"]["kernel"]))
   assert SALIENT["dense"]["kernel"].shape == (24, 1) and salient_rows.size == 3
-  scales = int(np.prod(transforms.scale_shape((24, 6), scheme)))
+  scales = int(np.prod(quantization.scale_shape((24, 6), scheme)))
   quant = jax.jit(lambda p, s, b, sb: transforms.fake_quant(  # traced bits: one compilation
       p, {"dense": {"kernel": b, "bias": None}, "head": {"kernel": "bfloat16"}}, scheme, None,
       s, sb))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from impjax import transforms
-from impjax.transforms import Scheme
+from impjax.quantization import Scheme
+from impjax import quantization
 
 F32 = np.float32
 TINY_SQRT = np.sqrt(np.finfo(np.float32).tiny)
@@ -81,10 +82,10 @@ SCHEMES = [
 def test_fake_quant_equals_numpy_reference_bit_for_bit(scheme, symmetric, convention):
   scheme = Scheme(symmetric, scheme.channel_axes, scheme.group_size, scheme.group_axis,
                   convention)
-  jitted = jax.jit(lambda x, b: transforms.fake_quant_array(x, b, scheme))
+  jitted = jax.jit(lambda x, b: quantization.fake_quant_array(x, b, scheme))
   for bits in range(2, 9):
     want = np_fake_quant(X, bits, scheme)
-    eager = np.asarray(transforms.fake_quant_array(jnp.asarray(X), bits, scheme))
+    eager = np.asarray(quantization.fake_quant_array(jnp.asarray(X), bits, scheme))
     np.testing.assert_array_equal(eager, want, err_msg=f"bits={bits}")
     np.testing.assert_array_equal(np.asarray(jitted(X, bits)), want, err_msg=f"jit bits={bits}")
 
@@ -92,20 +93,20 @@ def test_fake_quant_equals_numpy_reference_bit_for_bit(scheme, symmetric, conven
 def test_quantize_conv_kernel_grouped_contraction_axis():
   x = np.random.default_rng(1).standard_normal((3, 3, 8, 4)).astype(F32)
   scheme = Scheme(channel_axes=(-1,), group_size=4)  # groups along -2, the input channels
-  got = transforms.quantize(jnp.asarray(x), 3, scheme)
+  got = quantization.quantize(jnp.asarray(x), 3, scheme)
   assert got.q.dtype == jnp.int8 and got.scale.shape == (1, 1, 2, 4)
-  np.testing.assert_array_equal(np.asarray(transforms.dequantize(got)), np_fake_quant(x, 3, scheme))
+  np.testing.assert_array_equal(np.asarray(quantization.dequantize(got)), np_fake_quant(x, 3, scheme))
 
 
 def test_quantize_by_hand_both_conventions():
   x = jnp.array([1.0, -1.0, 0.3])
-  hawq = transforms.quantize(x, 4)
+  hawq = quantization.quantize(x, 4)
   np.testing.assert_array_equal(hawq.scale, [F32(1.0) * (F32(1) / F32(7))])
   assert hawq.q.tolist() == [7, -7, 2] and hawq.zero_point is None
-  qwix_like = transforms.quantize(x, 4, Scheme(convention="qwix"))
+  qwix_like = quantization.quantize(x, 4, Scheme(convention="qwix"))
   np.testing.assert_array_equal(qwix_like.scale, [F32(1) / F32(7.5)])
   assert qwix_like.q.tolist() == [7, -7, 2]
-  asym = transforms.quantize(jnp.array([0.0, 1.5, 3.0]), 2, Scheme(symmetric=False))
+  asym = quantization.quantize(jnp.array([0.0, 1.5, 3.0]), 2, Scheme(symmetric=False))
   # scale = 3/3 = 1, zero point = round(-2 - 0) = -2: q = x - 2.
   assert asym.scale.tolist() == [1.0] and asym.zero_point.tolist() == [-2]
   assert asym.q.tolist() == [-2, 0, 1]  # 1.5 - 2 = -0.5 rounds half to even: 0
@@ -116,27 +117,27 @@ def test_per_channel_bits_and_clip_match_reference():
   bits = np.array([[2, 3, 4, 5, 6, 7, 8, 8]])
   clip = np.linspace(0.5, 1.0, 8, dtype=F32).reshape(1, 8)
   want = np_fake_quant(X, bits, scheme, clip)
-  got = transforms.fake_quant_array(jnp.asarray(X), jnp.asarray(bits), scheme, jnp.asarray(clip))
+  got = quantization.fake_quant_array(jnp.asarray(X), jnp.asarray(bits), scheme, jnp.asarray(clip))
   np.testing.assert_array_equal(np.asarray(got), want)
-  jitted = jax.jit(lambda x, b, c: transforms.fake_quant_array(x, b, scheme, c))(X, bits, clip)
+  jitted = jax.jit(lambda x, b, c: quantization.fake_quant_array(x, b, scheme, c))(X, bits, clip)
   np.testing.assert_array_equal(np.asarray(jitted), want)
 
 
 def test_all_zero_channel_uses_scale_one():
   x = jnp.zeros((4, 2)).at[:, 1].set(jnp.array([1.0, -1.0, 0.5, 0.0]))
-  q = transforms.quantize(x, 3, Scheme(channel_axes=(-1,)))
+  q = quantization.quantize(x, 3, Scheme(channel_axes=(-1,)))
   assert q.scale.tolist()[0][0] == 1.0
-  np.testing.assert_array_equal(np.asarray(transforms.dequantize(q))[:, 0], 0.0)
+  np.testing.assert_array_equal(np.asarray(quantization.dequantize(q))[:, 0], 0.0)
 
 
 def test_straight_through_gradient_and_exact_forward():
   x = jnp.asarray(X)
   scheme = Scheme(channel_axes=(-1,))
   weights = jnp.arange(X.size, dtype=jnp.float32).reshape(X.shape)
-  grad = jax.grad(lambda v: jnp.sum(transforms.fake_quant_array(v, 3, scheme) * weights))(x)
+  grad = jax.grad(lambda v: jnp.sum(quantization.fake_quant_array(v, 3, scheme) * weights))(x)
   np.testing.assert_array_equal(grad, weights)
-  np.testing.assert_array_equal(transforms.ste(x, 2 * x), 2 * x)
-  assert float(jax.grad(lambda v: transforms.ste(v, jnp.round(v)))(0.3)) == 1.0
+  np.testing.assert_array_equal(quantization.ste(x, 2 * x), 2 * x)
+  assert float(jax.grad(lambda v: quantization.ste(v, jnp.round(v)))(0.3)) == 1.0
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
@@ -145,13 +146,13 @@ def test_cast_equals_ml_dtypes_bit_for_bit(name):
   x = np.concatenate([X.ravel() * 100, X.ravel() * 1e-3, [1e6, -1e6, 0.0]]).astype(F32)
   info = ml_dtypes.finfo(dtype)
   want = np.clip(x, F32(info.min), F32(info.max)).astype(dtype).astype(F32)
-  np.testing.assert_array_equal(np.asarray(transforms.cast(jnp.asarray(x), name)), want)
-  np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: transforms.cast(v, name))(x)), want)
-  assert float(jax.grad(lambda v: jnp.sum(transforms.cast(v, name)))(jnp.asarray(x))[0]) == 1.0
+  np.testing.assert_array_equal(np.asarray(quantization.cast(jnp.asarray(x), name)), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: quantization.cast(v, name))(x)), want)
+  assert float(jax.grad(lambda v: jnp.sum(quantization.cast(v, name)))(jnp.asarray(x))[0]) == 1.0
 
 
 def test_cast_saturates_instead_of_nan():
-  got = transforms.cast(jnp.array([1000.0, -1000.0]), "float8_e4m3fn")
+  got = quantization.cast(jnp.array([1000.0, -1000.0]), "float8_e4m3fn")
   assert got.tolist() == [448.0, -448.0]
 
 
@@ -162,7 +163,7 @@ def test_fake_quant_tree_none_formats_and_traced_bits():
   got = transforms.fake_quant(params, bits, scheme)
   np.testing.assert_array_equal(got["a"], np_fake_quant(X, np.asarray(bits["a"]), scheme))
   np.testing.assert_array_equal(got["b"], X[0])
-  np.testing.assert_array_equal(got["c"], transforms.cast(params["c"], "float8_e4m3fn"))
+  np.testing.assert_array_equal(got["c"], quantization.cast(params["c"], "float8_e4m3fn"))
   jitted = jax.jit(lambda p, a: transforms.fake_quant(p, {**bits, "a": a}, scheme))(params,
                                                                                     bits["a"])
   chex.assert_trees_all_equal(jitted, got)
@@ -174,7 +175,7 @@ def test_salient_values_get_their_own_precision_and_scales():
   scheme = Scheme(channel_axes=(-1,))
   x = X.copy()
   x[2] *= 50  # an outlier input channel: kept salient, it must not inflate the other scales
-  got = np.asarray(transforms.fake_quant_array(jnp.asarray(x), 2, scheme,
+  got = np.asarray(quantization.fake_quant_array(jnp.asarray(x), 2, scheme,
                                                salient=jnp.asarray(salient), salient_bits=8))
   rest = np.where(salient, 0, x)
   keep = np.where(salient, x, 0)
@@ -204,7 +205,7 @@ def test_errors_name_the_leaf():
   with pytest.raises(ValueError, match="convention"):
     Scheme(convention="aqt")
   with pytest.raises(ValueError, match="cast supports"):
-    transforms.cast(jnp.ones(2), jnp.float16)
+    quantization.cast(jnp.ones(2), jnp.float16)
 
 
 QWIX_CASES = [(qtype, bits, sym) for qtype, bits in
@@ -233,6 +234,6 @@ def test_equals_qwix_for_shared_schemes():
             for (qtype, _, sym), (channels, tiles, _) in cases]
 
   for ((qtype, bits, sym), (channels, tiles, group)), theirs in zip(cases, theirs_all(x)):
-    ours = transforms.fake_quant_array(x, bits, Scheme(sym, channels, group, 0, "qwix"))
+    ours = quantization.fake_quant_array(x, bits, Scheme(sym, channels, group, 0, "qwix"))
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs),
                                   err_msg=f"{qtype} symmetric={sym} {channels} {tiles}")

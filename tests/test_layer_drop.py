@@ -14,6 +14,9 @@ import pytest
 from conftest import build
 import impjax as ij
 from impjax import slicing
+from impjax.transforms.layer_drop import (every_other, layer_drop_keep, layer_drop_probs,
+                                          most_important)
+from impjax.transforms import layer_stack
 
 DEPTH = 5
 
@@ -33,23 +36,23 @@ def numpy_block(p, h):
 
 def test_layer_drop_probs_follow_the_rank_formula():
   importance = jnp.array([0.5, 3.0, 1.0, 2.0, 0.1])
-  probs = ij.transforms.layer_drop_probs(importance, rate=0.3, strength=0.5)
+  probs = layer_drop_probs(importance, rate=0.3, strength=0.5)
   ranks = np.array([3, 0, 2, 1, 4])
   np.testing.assert_allclose(probs, 0.3 * (1 + 0.5 * (2 * ranks / 4 - 1)), rtol=1e-6)
   np.testing.assert_allclose(float(np.mean(probs)), 0.3, rtol=1e-6)
-  jitted = jax.jit(functools.partial(ij.transforms.layer_drop_probs, rate=0.3, strength=0.5))
+  jitted = jax.jit(functools.partial(layer_drop_probs, rate=0.3, strength=0.5))
   np.testing.assert_array_equal(jitted(importance), probs)
-  np.testing.assert_allclose(ij.transforms.layer_drop_probs(importance, 0.2), np.full(5, 0.2),
+  np.testing.assert_allclose(layer_drop_probs(importance, 0.2), np.full(5, 0.2),
                              rtol=1e-6)
-  np.testing.assert_allclose(ij.transforms.layer_drop_probs(jnp.ones(1), 0.2, 1.0), [0.2])
+  np.testing.assert_allclose(layer_drop_probs(jnp.ones(1), 0.2, 1.0), [0.2])
 
 
 def test_keep_rates_and_reproducibility():
   probs = jnp.array([0.0, 0.2, 0.5, 0.9])
   keys = jax.random.split(jax.random.key(0), 4000)
-  keep = np.asarray(jax.jit(jax.vmap(lambda k: ij.transforms.layer_drop_keep(k, probs)))(keys))
+  keep = np.asarray(jax.jit(jax.vmap(lambda k: layer_drop_keep(k, probs)))(keys))
   np.testing.assert_allclose(keep.mean(0), 1 - np.asarray(probs), atol=0.025)
-  np.testing.assert_array_equal(ij.transforms.layer_drop_keep(keys[5], probs), keep[5])
+  np.testing.assert_array_equal(layer_drop_keep(keys[5], probs), keep[5])
 
 
 def test_run_layers_skips_like_numpy_and_like_depth_slicing(model):
@@ -96,7 +99,7 @@ def test_layer_drop_loss_skips_sampled_layers_and_never_retraces(model):
   seen = set()
   for i in range(6):
     key = jax.random.key(i)
-    keep = np.asarray(ij.transforms.layer_drop_keep(key, probs))
+    keep = np.asarray(layer_drop_keep(key, probs))
     seen.add(tuple(keep))
     value, grads = value_and_grad(params, key, probs)
     run = functools.partial(ij.transforms.run_layers, block, params["blocks"], keep=keep)
@@ -111,41 +114,41 @@ def test_stack_helpers_match_numpy():
   layers = {"a": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
             "b": {"c": jnp.asarray(rng.normal(size=(4, 2, 2)), jnp.float32)}}
   idx = jnp.array([3, 1])
-  active = ij.transforms.gather(layers, idx)
+  active = layer_stack.gather(layers, idx)
   np.testing.assert_array_equal(active["b"]["c"], np.asarray(layers["b"]["c"])[[3, 1]])
   new = jax.tree.map(lambda a: a + 10.0, active)
-  back = jax.jit(ij.transforms.scatter)(layers, new, idx)
+  back = jax.jit(layer_stack.scatter)(layers, new, idx)
   expected = np.asarray(layers["a"]).copy()
   expected[[3, 1]] += 10.0
   np.testing.assert_array_equal(back["a"], expected)
-  chex.assert_trees_all_equal(back, ij.transforms.scatter(layers, new, idx))
-  scores = ij.transforms.layer_scores(ij.scores.magnitude(layers))
+  chex.assert_trees_all_equal(back, layer_stack.scatter(layers, new, idx))
+  scores = layer_stack.layer_scores(ij.scores.magnitude(layers))
   reference = (np.abs(np.asarray(layers["a"])).sum(1)
                + np.abs(np.asarray(layers["b"]["c"])).sum((1, 2)))
   np.testing.assert_allclose(scores, reference, rtol=1e-5)
-  np.testing.assert_allclose(jax.jit(ij.transforms.layer_scores)(ij.scores.magnitude(layers)),
+  np.testing.assert_allclose(jax.jit(layer_stack.layer_scores)(ij.scores.magnitude(layers)),
                              scores, rtol=1e-6)
-  assert ij.transforms.every_other(6).tolist() == [0, 2, 4]
-  assert ij.transforms.most_important(jnp.array([0.2, 0.9, 0.1, 0.5]), 3).tolist() == [0, 1, 3]
+  assert every_other(6).tolist() == [0, 2, 4]
+  assert most_important(jnp.array([0.2, 0.9, 0.1, 0.5]), 3).tolist() == [0, 1, 3]
   params = {"enc": {"blocks": layers, "w": 1}}
-  assert ij.transforms.set_path(params, "enc/blocks", None) == {"enc": {"blocks": None, "w": 1}}
-  assert ij.transforms.get_path(params, "enc/blocks") is layers
+  assert ij.tree_utils.set_path(params, "enc/blocks", None) == {"enc": {"blocks": None, "w": 1}}
+  assert ij.tree_utils.get_path(params, "enc/blocks") is layers
 
 
 def test_bad_input_is_named(model):
   with pytest.raises(ValueError, match="'b'"):
-    ij.transforms.num_layers({"a": jnp.ones((3, 2)), "b": jnp.ones((2, 2))})
+    layer_stack.num_layers({"a": jnp.ones((3, 2)), "b": jnp.ones((2, 2))})
   with pytest.raises(ValueError, match="rate"):
-    ij.transforms.layer_drop_probs(jnp.ones(3), rate=0.6, strength=1.0)
+    layer_drop_probs(jnp.ones(3), rate=0.6, strength=1.0)
   with pytest.raises(ValueError, match="strength"):
-    ij.transforms.layer_drop_probs(jnp.ones(3), rate=0.2, strength=2.0)
+    layer_drop_probs(jnp.ones(3), rate=0.2, strength=2.0)
   with pytest.raises(ValueError, match="probabilities"):
-    ij.transforms.layer_drop_keep(jax.random.key(0), jnp.array([0.5, 1.5]))
+    layer_drop_keep(jax.random.key(0), jnp.array([0.5, 1.5]))
   with pytest.raises(ValueError, match="keep"):
     ij.transforms.run_layers(lambda p, h: h, {"w": jnp.ones(3)}, jnp.ones(2), jnp.ones(2) > 0)
   with pytest.raises(ValueError, match="enc/blocks"):
-    ij.transforms.get_path({"enc": {}}, "enc/blocks")
+    ij.tree_utils.get_path({"enc": {}}, "enc/blocks")
   with pytest.raises(ValueError, match="Cannot keep"):
-    ij.transforms.most_important(jnp.ones(3), 4)
+    most_important(jnp.ones(3), 4)
   with pytest.raises(ValueError, match="block indices"):
     slicing.slice_depth(model, [DEPTH])

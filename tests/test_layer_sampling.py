@@ -3,7 +3,6 @@ gradient for frozen layers (in the backward jaxpr), LISA and IST samplers, the t
 against full fine-tuning, frozen layers untouched, optimizer state only for the active layers,
 no recompilation across switches, and clear errors."""
 
-import functools
 
 import chex
 from flax import nnx
@@ -15,6 +14,9 @@ import pytest
 
 from conftest import build
 import impjax as ij
+from impjax import metrics
+from impjax.transforms import layer_stack
+from impjax.transforms import layer_samplers
 
 DEPTH = 6
 
@@ -36,18 +38,19 @@ def test_run_sampled_equals_full_stack_and_its_gradient(setup):
   params, block, _, batch = setup
   layers = params["blocks"]
   idx = jnp.array([1, 4])
-  active = jax.tree.map(lambda a: a * 1.5, ij.transforms.gather(layers, idx))
+  active = jax.tree.map(lambda a: a * 1.5, layer_stack.gather(layers, idx))
   h = jnp.asarray(np.random.default_rng(1).normal(size=(5, 8)), jnp.float32)
-  sampled = lambda a, h: jnp.sum(ij.transforms.run_sampled(block, a, layers, idx, h) ** 2)
+  sampled = lambda a, h: jnp.sum(layer_stack.run_sampled(block, a, layers, idx, h) ** 2)
   full = jax.jit(jax.value_and_grad(
       lambda stack, h: jnp.sum(ij.transforms.run_layers(block, stack, h) ** 2), argnums=(0, 1)))
-  value, (g_stack, g_h_full) = full(ij.transforms.scatter(layers, active, idx), h)
+  value, (g_stack, g_h_full) = full(layer_stack.scatter(layers, active, idx), h)
   eager_value, (g_active, g_h) = jax.value_and_grad(sampled, argnums=(0, 1))(active, h)
   np.testing.assert_allclose(eager_value, value, rtol=1e-6)
-  chex.assert_trees_all_close(g_active, ij.transforms.gather(g_stack, idx), rtol=1e-5, atol=1e-6)
+  # float32 gradients of magnitude ~40: an entry near zero after cancellation differs by ~3e-6
+  chex.assert_trees_all_close(g_active, layer_stack.gather(g_stack, idx), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(g_h, g_h_full, rtol=1e-5, atol=1e-6)
   jitted = jax.jit(jax.grad(sampled, argnums=(0, 1)))(active, h)
-  chex.assert_trees_all_close(jitted, (g_active, g_h), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(jitted, (g_active, g_h), rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_branch_computes_no_weight_gradient(setup):
@@ -55,8 +58,8 @@ def test_frozen_branch_computes_no_weight_gradient(setup):
   (``up``, ``down``), the trained branch adds the two weight-gradient matmuls."""
   params, block, _, _ = setup
   idx = jnp.array([2, 3])
-  active = ij.transforms.gather(params["blocks"], idx)
-  f = lambda a, h: jnp.sum(ij.transforms.run_sampled(block, a, params["blocks"], idx, h))
+  active = layer_stack.gather(params["blocks"], idx)
+  f = lambda a, h: jnp.sum(layer_stack.run_sampled(block, a, params["blocks"], idx, h))
   jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(active, jnp.ones((5, 8)))
 
   def conds(jaxpr):
@@ -101,8 +104,8 @@ def test_ist_score_update_matches_formula():
   s = np.asarray(scores, np.float64)
   sig = 1 / (1 + np.exp(-s))
   expected = s + 10.0 * (r @ np.asarray(damped, np.float64)) * sig * (1 - sig)
-  np.testing.assert_allclose(ij.transforms.ist_scores(scores, damped, losses), expected, rtol=1e-5)
-  np.testing.assert_allclose(jax.jit(ij.transforms.ist_scores)(scores, damped, losses), expected,
+  np.testing.assert_allclose(layer_samplers.ist_scores(scores, damped, losses), expected, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(layer_samplers.ist_scores)(scores, damped, losses), expected,
                              rtol=1e-5)
 
 
@@ -220,7 +223,7 @@ def test_bad_input_is_named(setup):
   with pytest.raises(ValueError, match="gamma"):
     ij.transforms.lisa(4, gamma=5)
   with pytest.raises(ValueError, match="idx"):
-    ij.transforms.run_sampled(block, ij.transforms.gather(params["blocks"], jnp.array([0])),
+    layer_stack.run_sampled(block, layer_stack.gather(params["blocks"], jnp.array([0])),
                               params["blocks"], jnp.array([0, 1]), jnp.ones((2, 8)))
   ls = ij.transforms.layer_sampling(loss, block, optax.sgd(0.1), ij.transforms.lisa(DEPTH),
                                     layers="encoder/layers")
@@ -236,7 +239,6 @@ MINILM_DEPTH = 2
 def minilm_setup():
   """A tiny random MiniLM, a contrastive loss through ``run((h, mask))``, its hand-written
   reference through MiniLM's own encoder loop, and a batch: 4 queries, then 4 passages."""
-  from impjax.data import text  # pylint: disable=g-import-not-at-top
   from impjax.models import minilm  # pylint: disable=g-import-not-at-top
   config = minilm.MiniLMConfig(vocab_size=40, hidden_size=32, num_heads=(2,) * MINILM_DEPTH,
                                head_dim=16, intermediate_sizes=(64,) * MINILM_DEPTH,
@@ -251,11 +253,11 @@ def minilm_setup():
   def loss(p, b, run):
     states = run((nnx.merge(embed_def, p["embeddings"])(b["ids"]), b["mask"]))[0]
     emb = minilm.normalize(minilm.mean_pool(states, b["mask"]))
-    return text.contrastive_loss(emb[:4], emb[4:])
+    return metrics.contrastive_loss(emb[:4], emb[4:])
 
   def reference_loss(pure, b):
     emb = nnx.merge(graphdef, pure).encode(b["ids"], b["mask"])
-    return text.contrastive_loss(emb[:4], emb[4:])
+    return metrics.contrastive_loss(emb[:4], emb[4:])
 
   block = lambda layer, h: (nnx.merge(layer_def, layer)(*h), h[1])
   return pure, loss, block, jax.jit(jax.value_and_grad(reference_loss)), batch
@@ -291,19 +293,19 @@ def test_lisa_on_minilm_matches_hand_written_adamw_on_the_full_gradient(minilm_s
   state = ls.init(params, jax.random.key(0))  # samples layers 0, 1, 1, 0
   idx = np.asarray(state.sampler_state.idx)
   value, g = reference(pure, batch)
-  g_layers = ij.transforms.gather(ij.transforms.stack_layers(g["layers"]), idx)
+  g_layers = layer_stack.gather(ij.transforms.stack_layers(g["layers"]), idx)
   fresh = lambda p, g: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0])
-  expected_active = jax.vmap(fresh)(ij.transforms.gather(stack, idx), g_layers)
+  expected_active = jax.vmap(fresh)(layer_stack.gather(stack, idx), g_layers)
   expected_embeddings = fresh(pure["embeddings"], g["embeddings"])
   no_key_bias = lambda layers: {**layers, "key": {"kernel": layers["key"]["kernel"]}}
   step = jax.jit(ls.step)
   new, metrics = step(state, batch)
   np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
-  mu = ij.transforms.gather(new.layer_opt_state[0].mu, idx)
+  mu = layer_stack.gather(new.layer_opt_state[0].mu, idx)
   chex.assert_trees_all_close(no_key_bias(mu),
                               no_key_bias(jax.tree.map(lambda x: 0.1 * x, g_layers)),
                               rtol=1e-4, atol=1e-8)
-  chex.assert_trees_all_close(no_key_bias(ij.transforms.gather(new.params["layers"], idx)),
+  chex.assert_trees_all_close(no_key_bias(layer_stack.gather(new.params["layers"], idx)),
                               no_key_bias(expected_active), rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(new.params["embeddings"], expected_embeddings,
                               rtol=1e-5, atol=1e-6)
@@ -314,10 +316,10 @@ def test_lisa_on_minilm_matches_hand_written_adamw_on_the_full_gradient(minilm_s
     new, _ = step(state, batch)
     for before, after in ((state.params["layers"], new.params["layers"]),
                           (state.layer_opt_state, new.layer_opt_state)):
-      chex.assert_trees_all_equal(ij.transforms.gather(after, frozen),
-                                  ij.transforms.gather(before, frozen))
-    moved = ij.transforms.gather(new.params["layers"]["query"]["kernel"], idx)
-    assert np.all(np.any(moved != ij.transforms.gather(state.params["layers"]["query"]["kernel"],
+      chex.assert_trees_all_equal(layer_stack.gather(after, frozen),
+                                  layer_stack.gather(before, frozen))
+    moved = layer_stack.gather(new.params["layers"]["query"]["kernel"], idx)
+    assert np.all(np.any(moved != layer_stack.gather(state.params["layers"]["query"]["kernel"],
                                                        idx), axis=(1, 2)))
     sampled.append(int(idx[0]))
     state = new

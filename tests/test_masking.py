@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import impjax as ij
+from impjax.transforms import masking
 
 
 def make_params(seed=0):
@@ -59,7 +60,7 @@ def test_apply_masks_matches_numpy():
 def test_pruned_weights_stay_exactly_zero_and_count_is_exact(inner):
   params = make_params()
   sched = ij.schedules.polynomial(0.0, 0.8, begin_step=2, end_step=12, frequency=2)
-  tx = ij.transforms.masked(inner, sched, "magnitude")
+  tx = ij.transforms.prune(inner, sched, "magnitude")
   state = tx.init(params)
   update = jax.jit(tx.update)
   n = kernel_sizes(params)
@@ -86,7 +87,7 @@ def test_pruned_weights_stay_exactly_zero_and_count_is_exact(inner):
 
 def test_eager_and_jit_updates_agree():
   params = make_params()
-  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.6, step=1), "taylor")
+  tx = ij.transforms.prune(optax.adam(1e-2), ij.schedules.one_shot(0.6, step=1), "taylor")
   s_eager = s_jit = tx.init(params)
   p_eager = p_jit = params
   for step in range(3):
@@ -102,7 +103,7 @@ def test_eager_and_jit_updates_agree():
 def test_obd_masks_follow_numpy_ema_fisher_reference():
   params = make_params()
   decay, steps = 0.5, 4
-  tx = ij.transforms.masked(optax.sgd(0.0), ij.schedules.one_shot(0.5, step=steps - 1), "obd",
+  tx = ij.transforms.prune(optax.sgd(0.0), ij.schedules.one_shot(0.5, step=steps - 1), "obd",
                             estimator=functools.partial(ij.estimators.ema, decay=decay))
   state = tx.init(params)
   ema = {k: np.zeros(v.shape) for k, v in flat(params).items()}
@@ -127,7 +128,7 @@ def test_obd_masks_follow_numpy_ema_fisher_reference():
 def test_neurons_and_n_of_m_granularities_in_the_optimizer():
   params = make_params()
   rules = [(r"dense/kernel$", ij.groups.neurons(-1)), (r"head/kernel$", ij.groups.n_of_m(2, 4))]
-  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude", rules=rules)
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude", rules=rules)
   state = tx.init(params)
   updates, state = tx.update(random_grads(params, 0), state, params)
   params = optax.apply_updates(params, updates)
@@ -142,8 +143,8 @@ def test_neurons_and_n_of_m_granularities_in_the_optimizer():
 
 def test_erk_allocation_gives_per_leaf_budgets():
   params = make_params()
-  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.7), "magnitude",
-                            scope="local", allocation="erk")
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.7), "magnitude",
+                           selector=ij.select.selector("local", allocation="erk"))
   state = tx.init(params)
   _, state = tx.update(random_grads(params, 0), state, params)
   plan = ij.groups.plan(params)
@@ -152,12 +153,12 @@ def test_erk_allocation_gives_per_leaf_budgets():
     m = np.asarray(flat(state.masks)[k])
     assert (~m).sum() == int(np.floor(budgets[k] * m.size + 0.5))
   with pytest.raises(ValueError, match="scope='local'"):
-    ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.7), allocation="erk")
+    ij.select.selector(allocation="erk")
 
 
 def test_nonfinite_gradients_fail_eagerly_naming_the_leaf():
   params = make_params()
-  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "fisher")
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5), "fisher")
   state = tx.init(params)
   grads = random_grads(params, 0)
   grads["dense"]["kernel"] = grads["dense"]["kernel"].at[0, 0].set(jnp.nan)
@@ -167,7 +168,7 @@ def test_nonfinite_gradients_fail_eagerly_naming_the_leaf():
 
 def test_nonfinite_gradients_never_poison_masks_under_jit():
   params = make_params()
-  tx = ij.transforms.masked(optax.sgd(0.0), ij.schedules.polynomial(0.0, 0.5, 0, 4, 1), "fisher")
+  tx = ij.transforms.prune(optax.sgd(0.0), ij.schedules.polynomial(0.0, 0.5, 0, 4, 1), "fisher")
   state = tx.init(params)
   update = jax.jit(tx.update)
   _, state = update(random_grads(params, 0), state, params)
@@ -182,7 +183,7 @@ def test_nonfinite_gradients_never_poison_masks_under_jit():
 
 def test_bad_calls_fail_with_clear_messages():
   params = make_params()
-  tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5))
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5))
   state = tx.init(params)
   with pytest.raises(ValueError, match="needs params"):
     tx.update(random_grads(params, 0), state)
@@ -193,18 +194,18 @@ def test_bad_calls_fail_with_clear_messages():
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     ij.schedules.one_shot(1.5)
   with pytest.raises(ValueError, match="dense/kernel"):
-    ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5),
+    ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5),
                          rules=[("dense/kernel", ij.groups.n_of_m(2, 5))]).init(params)
 
 
 def test_composes_in_chain_and_sparsity_report():
   params = make_params()
   tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.25), "taylor"))
+                   ij.transforms.prune(optax.adam(1e-2), ij.schedules.one_shot(0.25), "taylor"))
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(random_grads(params, 3), state, params)
   params = optax.apply_updates(params, updates)
-  masks = ij.transforms.find_masked_state(state).masks
+  masks = masking.find_prune_state(state).masks
   report = ij.transforms.sparsity_report(masks, params)
   assert set(report) == set(KERNELS) | {"global"}
   assert report["global"] == pytest.approx(int(np.floor(0.25 * kernel_sizes(params) + 0.5))
@@ -222,7 +223,7 @@ def _digits_batch():
 def test_nnx_optimizer_train_step_unchanged():
   x, y = _digits_batch()
   model = ij.models.MLP(64, (32,), 10, rngs=nnx.Rngs(0))
-  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.polynomial(0.0, 0.75, 0, 4, 2),
+  tx = ij.transforms.prune(optax.adam(1e-2), ij.schedules.polynomial(0.0, 0.75, 0, 4, 2),
                             "taylor")
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -255,7 +256,7 @@ def test_linen_train_state_step_unchanged():
   x, y = _digits_batch()
   model = LinenMLP()
   params = model.init(jax.random.key(0), x)["params"]
-  tx = ij.transforms.masked(optax.adam(1e-2), ij.schedules.one_shot(0.5, step=1), "obd")
+  tx = ij.transforms.prune(optax.adam(1e-2), ij.schedules.one_shot(0.5, step=1), "obd")
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
   @jax.jit

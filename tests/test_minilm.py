@@ -15,6 +15,7 @@ from scipy.special import erf
 
 from impjax.data import text
 from impjax.models import minilm
+from impjax import metrics
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.npz"
 TINY = minilm.MiniLMConfig(vocab_size=30, hidden_size=8, num_heads=(2, 1), head_dim=4,
@@ -237,13 +238,13 @@ def test_mcnemar_against_the_binomial_by_hand():
   a = np.array([True] * 7 + [False] * 3 + [True] * 5)  # 7 hit by a alone, 3 by b alone,
   b = np.array([False] * 7 + [True] * 3 + [True] * 5)  # 5 by both
   # n = 10 discordant queries, min(7, 3) = 3: P[Bin(10, 1/2) <= 3] = (1 + 10 + 45 + 120) / 1024.
-  out = text.mcnemar(a, b)
+  out = metrics.mcnemar(a, b)
   assert (out["a_only"], out["b_only"]) == (7, 3)
   np.testing.assert_allclose(out["p_value"], 2 * 176 / 1024, rtol=1e-12)
-  assert text.mcnemar(b, a)["p_value"] == out["p_value"]
-  assert text.mcnemar(a, a) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
+  assert metrics.mcnemar(b, a)["p_value"] == out["p_value"]
+  assert metrics.mcnemar(a, a) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
   with pytest.raises(ValueError, match="1-d hit arrays"):
-    text.mcnemar(a, b[:3])
+    metrics.mcnemar(a, b[:3])
 
 
 def test_metrics_against_loops():
@@ -253,16 +254,16 @@ def test_metrics_against_loops():
   for i in range(6):
     sims = [q[i] @ p[j] / np.linalg.norm(q[i]) / np.linalg.norm(p[j]) for j in range(6)]
     hits.append(bool(np.argmax(sims) == i))
-  assert text.retrieval_hits(q, p).tolist() == hits
-  assert text.retrieval_top1(q, p) == sum(hits) / 6
+  assert metrics.retrieval_hits(q, p).tolist() == hits
+  assert metrics.retrieval_top1(q, p) == sum(hits) / 6
   cos = [q[i] @ p[i] / np.linalg.norm(q[i]) / np.linalg.norm(p[i]) for i in range(6)]
-  np.testing.assert_allclose(text.fidelity(q, p), np.mean(cos), rtol=1e-12)
+  np.testing.assert_allclose(metrics.fidelity(q, p), np.mean(cos), rtol=1e-12)
   qn = q / np.linalg.norm(q, axis=1, keepdims=True)
   pn = p / np.linalg.norm(p, axis=1, keepdims=True)
   logits = 20 * qn @ pn.T
   logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   expected = -np.mean(np.diag(logp))
-  got = text.contrastive_loss(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32))
+  got = metrics.contrastive_loss(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  np.testing.assert_allclose(jax.jit(text.contrastive_loss)(q.astype(np.float32),
+  np.testing.assert_allclose(jax.jit(metrics.contrastive_loss)(q.astype(np.float32),
                                                             p.astype(np.float32)), got, rtol=1e-6)

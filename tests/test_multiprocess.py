@@ -12,7 +12,8 @@ from flax import nnx
 import numpy as np
 
 from impjax import checkpoint
-from impjax import train
+from configs import default
+from launch import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.steps=60", "--config.pruning.begin_step=20", "--config.pruning.end_step=40",
@@ -44,7 +45,7 @@ def _finish(procs):
 
 
 def _restore_final(workdir):
-  config = train.default_config(quick=True)
+  config = default.get_config("quick")
   model = train.build_model(config, np.zeros((8, 8, 1), np.float32), 10)
   params = nnx.to_pure_dict(nnx.split(model)[1])
   target = {"params": params, "opt_state": train.build_optimizer(config).init(params)}

@@ -15,6 +15,7 @@ import pytest
 
 import impjax as ij
 from impjax import slicing
+from impjax.transforms.ordered_dropout import FJORD_WIDTHS
 
 
 def build(cls, *args):
@@ -39,16 +40,16 @@ def test_num_kept_is_ceil_eager_and_jit():
   for width in (0.2, 0.25, 0.4, 0.5, 0.6, 0.75, 0.8, 1.0):
     for n in (5, 8, 10, 256):
       expected = max(1, min(n, math.ceil(round(width * n, 6))))
-      assert ij.transforms.num_kept(width, n) == expected
-      assert int(jax.jit(ij.transforms.num_kept, static_argnums=1)(width, n)) == expected
+      assert ij.select.num_kept(width, n) == expected
+      assert int(jax.jit(ij.select.num_kept, static_argnums=1)(width, n)) == expected
 
 
 def test_unit_scores_and_ranks_match_numpy_eager_and_jit():
   params = mlp_params()
   imp = ij.scores.magnitude(params)
   plan = ij.groups.plan(params, ij.transforms.ORDER_RULES)
-  scores = ij.transforms.unit_scores(imp, plan)
-  jitted = jax.jit(lambda i: ij.transforms.unit_ranks(ij.transforms.unit_scores(i, plan)))(imp)
+  scores = ij.groups.unit_scores(imp, plan)
+  jitted = jax.jit(lambda i: ij.select.unit_ranks(ij.groups.unit_scores(i, plan)))(imp)
   assert sorted(scores) == ["hidden/0", "hidden/1"]  # the head is never ordered
   for i in range(2):
     layer = {k: np.abs(np.asarray(v, np.float64)) for k, v in params["hidden"][i].items()}
@@ -56,9 +57,9 @@ def test_unit_scores_and_ranks_match_numpy_eager_and_jit():
     np.testing.assert_allclose(scores[f"hidden/{i}"], expected, rtol=1e-5)
     ranks = np.empty(expected.size, int)
     ranks[np.argsort(-expected, kind="stable")] = np.arange(expected.size)
-    np.testing.assert_array_equal(ij.transforms.unit_ranks(scores)[f"hidden/{i}"], ranks)
+    np.testing.assert_array_equal(ij.select.unit_ranks(scores)[f"hidden/{i}"], ranks)
     np.testing.assert_array_equal(jitted[f"hidden/{i}"], ranks)
-  ties = ij.transforms.unit_ranks({"m": jnp.array([1.0, 2.0, 1.0, 2.0])})["m"]
+  ties = ij.select.unit_ranks({"m": jnp.array([1.0, 2.0, 1.0, 2.0])})["m"]
   assert ties.tolist() == [2, 0, 3, 1]
 
 
@@ -108,7 +109,7 @@ def test_fjord_and_nested_width_distributions():
   keys = jax.random.split(jax.random.key(0), 4000)
   fjord = np.asarray(jax.jit(jax.vmap(ij.transforms.fjord_width))(keys))
   values, counts = np.unique(fjord, return_counts=True)
-  np.testing.assert_allclose(values, ij.transforms.FJORD_WIDTHS, rtol=1e-6)
+  np.testing.assert_allclose(values, FJORD_WIDTHS, rtol=1e-6)
   assert np.all(np.abs(counts / 4000 - 0.2) < 0.03), counts
   rho, k = 0.3, 8
   nested = np.asarray(jax.jit(jax.vmap(lambda key: ij.transforms.nested_width(key, rho, k)))(keys))

@@ -9,9 +9,8 @@ import pytest
 
 from impjax import groups
 from impjax import quantization
-from impjax import transforms
 
-SCHEME = transforms.Scheme(channel_axes=(-1,))
+SCHEME = quantization.Scheme(channel_axes=(-1,))
 CHOICES = (2, 4, 8)
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((64, 6)).astype(np.float32) * np.linspace(0.2, 3.0, 6, dtype=np.float32)
@@ -26,7 +25,7 @@ def numpy_table(kernel, moment, unit_axis_sum):
   kernel = np.asarray(kernel)
   cols = []
   for b in CHOICES:
-    d = np.asarray(transforms.fake_quant_array(jnp.asarray(kernel), b, SCHEME)) - kernel
+    d = np.asarray(quantization.fake_quant_array(jnp.asarray(kernel), b, SCHEME)) - kernel
     per_out = np.zeros(kernel.shape[1])
     for j in range(kernel.shape[1]):
       if moment.ndim == 2:
@@ -60,7 +59,7 @@ def test_output_error_table_full_gram_is_the_output_error_of_ptq():
   moments = {"a": {"kernel": jnp.asarray(GRAM), "bias": None}, "b": {"kernel": jnp.asarray(GRAM)}}
   table = quantization.output_error_table(PARAMS, moments, (4,), plan, SCHEME)
   w = PARAMS["a"]["kernel"]
-  want = quantization.output_error(w, transforms.fake_quant_array(w, 4, SCHEME), jnp.asarray(GRAM))
+  want = quantization.output_error(w, quantization.fake_quant_array(w, 4, SCHEME), jnp.asarray(GRAM))
   np.testing.assert_allclose(table["a"]["kernel"][:, 0], want, rtol=1e-5)
 
 

@@ -2,7 +2,6 @@
 importance-weighted clip calibration, squared errors and HAWQ tables), against numpy."""
 
 import chex
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +12,9 @@ from conftest import mlp_with_bits
 from impjax import groups
 from impjax import quantization
 from impjax import scores
-from impjax import train
+from impjax.flax import training
 from impjax import transforms
-from impjax.transforms import Scheme
+from impjax.quantization import Scheme
 
 SCHEME = Scheme(channel_axes=(-1,))
 
@@ -43,8 +42,8 @@ def test_quantized_value_and_straight_through_gradient():
 def test_qat_train_step_across_steps_matches_manual_updates():
   graphdef, params, bits = mlp_with_bits(16, 8, 3, 4, 3)
   tx = optax.adamw(1e-2)
-  loss_fn = transforms.quantized(train.cross_entropy, bits, SCHEME, argnum=1)
-  step = train.make_train_step(graphdef, tx, loss_fn=loss_fn)
+  loss_fn = transforms.quantized(training.cross_entropy, bits, SCHEME, argnum=1)
+  step = training.make_train_step(graphdef, tx, loss_fn=loss_fn)
   rng = np.random.default_rng(1)
   batches = [{"image": jnp.asarray(rng.random((8, 4, 4, 1)), jnp.float32),
               "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)} for _ in range(3)]
@@ -52,7 +51,7 @@ def test_qat_train_step_across_steps_matches_manual_updates():
   def reference(ref_p, ref_s, batch):  # STE by hand: gradient at the quantized params
     quantized = transforms.fake_quant(ref_p, bits, SCHEME)
     (loss, _), grads = jax.value_and_grad(
-        lambda q: train.cross_entropy(graphdef, q, batch), has_aux=True)(quantized)
+        lambda q: training.cross_entropy(graphdef, q, batch), has_aux=True)(quantized)
     updates, ref_s = tx.update(grads, ref_s, ref_p)
     return optax.apply_updates(ref_p, updates), ref_s, loss
 
@@ -92,10 +91,10 @@ def test_calibrate_clip_minimizes_the_importance_weighted_output_error(scheme):
   gram = scores.means(scores.token_gram(jnp.asarray(x), jnp.asarray(weights)))["gram"]
   np.testing.assert_allclose(gram, (x.T * weights) @ x / weights.sum(), rtol=1e-5)
   ratios = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-  eager = quantization.calibrate_clip(jnp.asarray(w), 3, gram, scheme, ratios)
-  jitted = jax.jit(lambda k, g: quantization.calibrate_clip(k, 3, g, scheme, ratios))(w, gram)
+  eager = quantization.clip_ratio(jnp.asarray(w), 3, gram, scheme, ratios)
+  jitted = jax.jit(lambda k, g: quantization.clip_ratio(k, 3, g, scheme, ratios))(w, gram)
   chex.assert_trees_all_equal(eager, jitted)
-  errors = np.stack([np_output_error(w, transforms.fake_quant_array(jnp.asarray(w), 3, scheme, r),
+  errors = np.stack([np_output_error(w, quantization.fake_quant_array(jnp.asarray(w), 3, scheme, r),
                                      np.asarray(gram)) for r in ratios])
   if scheme.channel_axes:
     want = np.asarray(ratios, np.float32)[np.argmin(errors, axis=0)].reshape(1, 5)
@@ -111,14 +110,14 @@ def test_calibrate_tree_and_errors():
                   "bias": jnp.zeros(2)}}
   bits = {"d": {"kernel": 2, "bias": None}}
   grams = {"d": {"kernel": jnp.eye(6), "bias": None}}
-  clip = quantization.calibrate(params, bits, grams, SCHEME)
+  clip = quantization.clip_ratios(params, bits, grams, SCHEME)
   assert clip["d"]["bias"] is None
-  chex.assert_trees_all_equal(clip["d"]["kernel"], quantization.calibrate_clip(
+  chex.assert_trees_all_equal(clip["d"]["kernel"], quantization.clip_ratio(
       params["d"]["kernel"], 2, jnp.eye(6), SCHEME))
   with pytest.raises(ValueError, match=r"Leaf 'd/kernel'.*gram of its 6 contraction inputs"):
-    quantization.calibrate(params, bits, {"d": {"kernel": jnp.eye(5), "bias": None}}, SCHEME)
+    quantization.clip_ratios(params, bits, {"d": {"kernel": jnp.eye(5), "bias": None}}, SCHEME)
   with pytest.raises(ValueError, match=r"missing in grams"):
-    quantization.calibrate(params, bits, {"d": {"kernel": jnp.eye(6)}}, SCHEME)
+    quantization.clip_ratios(params, bits, {"d": {"kernel": jnp.eye(6)}}, SCHEME)
 
 
 def test_squared_errors_and_hawq_table_match_numpy():
@@ -128,8 +127,8 @@ def test_squared_errors_and_hawq_table_match_numpy():
   choices = (2, 4, "bfloat16")
   errs = quantization.squared_errors(params, choices, plan, SCHEME)
   k = params["k"]
-  want = [(transforms.fake_quant_array(k, 2, SCHEME) - k) ** 2,
-          (transforms.fake_quant_array(k, 4, SCHEME) - k) ** 2,
+  want = [(quantization.fake_quant_array(k, 2, SCHEME) - k) ** 2,
+          (quantization.fake_quant_array(k, 4, SCHEME) - k) ** 2,
           (k.astype(jnp.bfloat16).astype(jnp.float32) - k) ** 2]
   for e, w in zip(errs, want):
     np.testing.assert_array_equal(e["k"], w)

@@ -26,7 +26,7 @@ def _coupled_importance(p):
 def test_one_round_is_one_shot():
   params = _params()
   plan = ij.groups.plan(params)
-  got = ij.transforms.prune_in_rounds(params, plan, 0.6, _coupled_importance, rounds=1)
+  got = ij.pruning.prune_in_rounds(params, plan, 0.6, _coupled_importance, rounds=1)
   chex.assert_trees_all_equal(got, ij.select.masks(_coupled_importance(params), plan, 0.6))
 
 
@@ -34,7 +34,7 @@ def test_rounds_rescore_the_pruned_model_like_a_numpy_loop():
   params = _params()
   plan = ij.groups.plan(params)
   rounds, final = 4, 0.8
-  got = ij.transforms.prune_in_rounds(params, plan, final, _coupled_importance, rounds=rounds)
+  got = ij.pruning.prune_in_rounds(params, plan, final, _coupled_importance, rounds=rounds)
 
   a, b = np.asarray(params["a"]["kernel"]), np.asarray(params["b"]["kernel"])
   keep_a, keep_b = np.ones_like(a, bool), np.ones_like(b, bool)
@@ -58,6 +58,6 @@ def test_rounds_rescore_the_pruned_model_like_a_numpy_loop():
 def test_rounds_differ_from_one_shot_when_scores_are_coupled():
   params = _params()
   plan = ij.groups.plan(params)
-  one = ij.transforms.prune_in_rounds(params, plan, 0.8, _coupled_importance, rounds=1)
-  many = ij.transforms.prune_in_rounds(params, plan, 0.8, _coupled_importance, rounds=4)
+  one = ij.pruning.prune_in_rounds(params, plan, 0.8, _coupled_importance, rounds=1)
+  many = ij.pruning.prune_in_rounds(params, plan, 0.8, _coupled_importance, rounds=4)
   assert any(bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(many)))

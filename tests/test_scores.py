@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import random_tree, to_numpy
+from impjax import estimators
 from impjax import scores
 
 
@@ -256,19 +257,19 @@ def test_per_sample_grads_pass_a_batch_axis_of_one():
 # --- named criteria ---------------------------------------------------------------------------
 
 REFERENCES = {
-    # name: (importance from numpy params/grads, accumulate)
+    # name: (importance from numpy params/grads, the state of its estimator)
     "magnitude": (lambda w, g: np.abs(w), None),
     "random": (None, None),
-    "saliency": (lambda w, g: np.abs(g), "ema"),
-    "taylor": (lambda w, g: np.abs(w * g), "ema"),
-    "fisher": (lambda w, g: g**2, "ema"),
-    "obd": (lambda w, g: 0.5 * w**2 * g**2, "ema"),
-    "movement": (lambda w, g: -w * g, "sum"),
+    "saliency": (lambda w, g: np.abs(g), estimators.EmaState),
+    "taylor": (lambda w, g: np.abs(w * g), estimators.EmaState),
+    "fisher": (lambda w, g: g**2, estimators.EmaState),
+    "obd": (lambda w, g: 0.5 * w**2 * g**2, estimators.EmaState),
+    "movement": (lambda w, g: -w * g, estimators.SumState),
 }
 
 
 def test_references_cover_all_names():
-  assert set(REFERENCES) == set(scores.NAMES)
+  assert set(REFERENCES) == set(scores.CRITERIA)
 
 
 def _importance(c, params, grads):
@@ -276,12 +277,14 @@ def _importance(c, params, grads):
   return c.importance(params, stat)
 
 
-@pytest.mark.parametrize("name", scores.NAMES)
+@pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_criterion_importance(params, grads, name):
-  ref_fn, accumulate = REFERENCES[name]
+  ref_fn, state_type = REFERENCES[name]
   c = scores.criterion(name)
-  assert c.name == name and c.accumulate == accumulate
-  assert (c.statistic is None) == (accumulate is None)
+  assert c.name == name
+  assert (c.statistic is None) == (state_type is None) == (c.estimator is None)
+  if state_type is not None:
+    assert type(c.estimator(c.statistic).init(params)) is state_type
   if name == "random":
     got = eager_and_jit(functools.partial(_importance, c), RANDOM_TREE, RANDOM_TREE)
     chex.assert_trees_all_equal(got, scores.random(jax.random.key(0), RANDOM_TREE))

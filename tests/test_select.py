@@ -487,7 +487,7 @@ def test_masks_neurons_prune_whole_units(params, how, normalizer):
   imp = jax.tree.map(jnp.abs, params)
   the_plan = groups.plan(params, [("kernel", groups.neurons(-1))])
   s = 0.45
-  got = select.masks(imp, the_plan, s, reduce=how, normalizer=normalizer)
+  got = select.masks(imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer))
   units = jax.tree.map(lambda u: _np_normalize(u, normalizer),
                        _np_unit_scores(imp, the_plan, how))
   want_units = ref_topk({k: {"kernel": v["kernel"]} for k, v in units.items()}, s)
@@ -503,8 +503,8 @@ def test_masks_neurons_prune_whole_units(params, how, normalizer):
   assert pruned_units == ref_count(s, total_units)
   if how != "sum":  # eager == jit checked for one configuration (each costs a compile)
     return
-  jitted = jax.jit(lambda imp, s: select.masks(imp, the_plan, s, reduce=how,
-                                                 normalizer=normalizer))(imp, jnp.float32(s))
+  jitted = jax.jit(lambda imp, s: select.masks(
+      imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer)))(imp, jnp.float32(s))
   chex.assert_trees_all_equal(jitted, got)
 
 
@@ -519,7 +519,7 @@ def test_masks_n_of_m_leaves_and_local_scope(params):
   want = ref_topk(rest, 0.6)  # the N:M leaf is not part of the global budget
   for layer in rest:
     np.testing.assert_array_equal(got[layer]["kernel"], want[layer]["kernel"])
-  local = select.masks(imp, the_plan, 0.6, scope="local")
+  local = select.masks(imp, the_plan, 0.6, select.selector("local"))
   want_local = ref_topk(rest, 0.6, "local")
   for layer in rest:
     np.testing.assert_array_equal(local[layer]["kernel"], want_local[layer]["kernel"])
@@ -533,9 +533,9 @@ def test_masks_previous_keeps_pruned_units_pruned(params, granularity):
   first = jax.tree.map(jnp.abs, params)
   second = jax.tree.map(jnp.abs, random_tree(42))  # a different ranking
   # "mean": unit sums would rank units by fan-in alone, the same in both rounds.
-  prev = select.masks(first, the_plan, 0.5, reduce="mean")
-  fresh = select.masks(second, the_plan, 0.7, reduce="mean")
-  kept = select.masks(second, the_plan, 0.7, reduce="mean", previous=prev)
+  prev = select.masks(first, the_plan, 0.5, select.selector(reduce="mean"))
+  fresh = select.masks(second, the_plan, 0.7, select.selector(reduce="mean"))
+  kept = select.masks(second, the_plan, 0.7, select.selector(reduce="mean"), previous=prev)
 
   def pruned(masks):
     return {layer: ~np.broadcast_to(np.asarray(masks[layer]["kernel"]),

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 import impjax as ij
+from impjax.transforms import masking
 
 
 def _tree(seed):
@@ -22,11 +23,11 @@ def _nbytes(tree):
 
 def test_pack_roundtrip_and_size():
   masks = jax.tree.map(lambda x: x > 0, _tree(0))
-  packed = ij.transforms.pack_masks(masks)
+  packed = masking.pack_masks(masks)
   assert packed["a"]["kernel"].dtype == jnp.uint8
   assert packed["a"]["kernel"].size == int(np.ceil(37 * 11 / 8))
-  chex.assert_trees_all_equal(ij.transforms.unpack_masks(packed, masks), masks)
-  chex.assert_trees_all_equal(jax.jit(ij.transforms.unpack_masks)(packed, masks), masks)
+  chex.assert_trees_all_equal(masking.unpack_masks(packed, masks), masks)
+  chex.assert_trees_all_equal(jax.jit(masking.unpack_masks)(packed, masks), masks)
   ref = np.packbits(np.asarray(masks["b"]["kernel"]).reshape(-1))
   np.testing.assert_array_equal(packed["b"]["kernel"], ref)
 
@@ -36,7 +37,7 @@ def test_packed_masked_training_equals_unpacked():
   runs = []
   for pack in (False, True):
     params = _tree(0)
-    tx = ij.transforms.masked(optax.adam(1e-2), sched, "taylor", pack=pack)
+    tx = ij.transforms.prune(optax.adam(1e-2), sched, "taylor", pack=pack)
     state = tx.init(params)
     step = jax.jit(tx.update)
     for i in range(9):

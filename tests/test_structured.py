@@ -11,6 +11,7 @@ from impjax import scores
 from impjax import transforms
 from impjax.models import minilm
 from impjax.models import num_params
+from impjax import groups
 
 CONFIG = minilm.MiniLMConfig(vocab_size=40, hidden_size=8, num_heads=(3, 2), head_dim=4,
                              intermediate_sizes=(12, 10), max_position=8)
@@ -28,15 +29,15 @@ def setup(seed=0):
 def test_unit_scores_against_loops():
   _, params, _, _ = setup()
   imp = scores.magnitude(params)
-  groups = pruning.encoder_groups(CONFIG)
-  got = jax.jit(lambda t: pruning.unit_scores(t, groups["layers/1/mlp"]))(imp)
+  coupled = pruning.encoder_groups(CONFIG)
+  got = jax.jit(lambda t: groups.coupled_scores(t, coupled["layers/1/mlp"]))(imp)
   layer = jax.tree.map(np.asarray, params["layers"][1])
   expected = [np.abs(layer["intermediate"]["kernel"][:, u]).sum()
               + abs(layer["intermediate"]["bias"][u]) + np.abs(layer["output"]["kernel"][u]).sum()
               for u in range(10)]
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  np.testing.assert_allclose(pruning.unit_scores(imp, groups["layers/1/mlp"]), got, rtol=1e-6)
-  heads = pruning.unit_scores(imp, groups["layers/0/heads"])
+  np.testing.assert_allclose(groups.coupled_scores(imp, coupled["layers/1/mlp"]), got, rtol=1e-6)
+  heads = groups.coupled_scores(imp, coupled["layers/0/heads"])
   layer = jax.tree.map(np.asarray, params["layers"][0])
   expected = []
   for h in range(3):
@@ -51,7 +52,7 @@ def test_masked_model_equals_gated_model_and_compacted_model():
   model, params, ids, mask = setup()
   keep = {"layers/0/mlp": np.arange(12) % 3 != 0, "layers/1/mlp": np.arange(10) < 4,
           "layers/0/heads": np.array([True, False, True]), "layers/1/heads": np.array([False, True])}
-  masks = pruning.unit_masks(params, pruning.encoder_groups(CONFIG), keep)
+  masks = groups.coupled_masks(params, pruning.encoder_groups(CONFIG), keep)
   masked = minilm.from_params(CONFIG, transforms.apply_masks(params, masks))
   gated = model.encode(ids, mask, head_gates=[jnp.asarray(keep[f"layers/{i}/heads"], jnp.float32)
                                               for i in range(2)],
@@ -68,13 +69,13 @@ def test_masked_model_equals_gated_model_and_compacted_model():
 
 def test_compact_errors_name_the_group():
   model, params, _, _ = setup()
-  groups = pruning.encoder_groups(CONFIG)
+  coupled = pruning.encoder_groups(CONFIG)
   with pytest.raises(ValueError, match="layers/0/mlp"):
-    pruning.compact(params, groups, {**{k: None for k in groups}, "layers/0/mlp": np.ones(5)})
+    pruning.compact(params, coupled, {**{k: None for k in coupled}, "layers/0/mlp": np.ones(5)})
   with pytest.raises(ValueError, match="layers/9/mlp"):
     pruning.compact_encoder(model, {"layers/9/mlp": np.ones(3, bool)})
   with pytest.raises(ValueError, match="not a leaf"):
-    pruning.unit_scores(params, pruning.Coupled((("layers/0/nope/kernel", 1),)))
+    groups.coupled_scores(params, groups.Coupled((("layers/0/nope/kernel", 1),)))
 
 
 def test_keep_top_exact_count_and_order():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import impjax as ij
+from impjax.transforms.targeted_dropout import targeted, targeted_masks
 
 WEIGHT_RULES = ((r"(^|/)kernel$", ij.groups.element()),)
 UNIT_RULES = ((r"(^|/)kernel$", ij.groups.neurons(-1)),)
@@ -43,9 +44,9 @@ def test_weight_targets_match_sort_formula_eager_and_jit():
   params = make_params()
   imp = ij.scores.magnitude(params)
   plan = ij.groups.plan(params, WEIGHT_RULES)
-  jitted = jax.jit(lambda i, g: ij.transforms.targeted(i, plan, g))
+  jitted = jax.jit(lambda i, g: targeted(i, plan, g))
   for gamma in (0.0, 0.3, 0.5, 0.9, 1.0):
-    eager = ij.transforms.targeted(imp, plan, gamma)
+    eager = targeted(imp, plan, gamma)
     chex.assert_trees_all_equal(eager, jitted(imp, gamma))
     for leaf in ("conv", "dense"):
       np.testing.assert_array_equal(eager[leaf]["kernel"],
@@ -57,7 +58,7 @@ def test_unit_targets_match_column_norm_formula():
   params = make_params(1)
   plan = ij.groups.plan(params, UNIT_RULES)
   for gamma in (0.25, 0.5, 0.75):
-    out = ij.transforms.targeted(ij.scores.magnitude(params), plan, gamma)
+    out = targeted(ij.scores.magnitude(params), plan, gamma)
     for leaf in ("conv", "dense"):
       w = params[leaf]["kernel"]
       expected = np.broadcast_to(reference_unit_targets(w, gamma), w.shape)
@@ -69,8 +70,8 @@ def test_masks_drop_only_targets_at_rate_alpha_and_are_reproducible():
   imp = ij.scores.magnitude(params)
   plan = ij.groups.plan(params, WEIGHT_RULES)
   gamma, alpha = 0.5, 0.3
-  targets = ij.transforms.targeted(imp, plan, gamma)
-  draw = jax.jit(jax.vmap(lambda k: ij.transforms.targeted_masks(k, imp, plan, gamma, alpha)))
+  targets = targeted(imp, plan, gamma)
+  draw = jax.jit(jax.vmap(lambda k: targeted_masks(k, imp, plan, gamma, alpha)))
   masks = draw(jax.random.split(jax.random.key(0), 200))
   dropped, targeted_total = 0, 0
   for leaf in ("conv", "dense"):
@@ -83,17 +84,17 @@ def test_masks_drop_only_targets_at_rate_alpha_and_are_reproducible():
   rate = dropped / targeted_total  # ~27,000 Bernoulli draws: std ~0.003
   assert abs(rate - alpha) < 0.015, rate
   key = jax.random.key(7)  # the same key gives the same masks, eager or jitted
-  eager = ij.transforms.targeted_masks(key, imp, plan, gamma, alpha)
-  chex.assert_trees_all_equal(eager, ij.transforms.targeted_masks(key, imp, plan, gamma, alpha))
+  eager = targeted_masks(key, imp, plan, gamma, alpha)
+  chex.assert_trees_all_equal(eager, targeted_masks(key, imp, plan, gamma, alpha))
   chex.assert_trees_all_equal(
-      eager, jax.jit(lambda k: ij.transforms.targeted_masks(k, imp, plan, gamma, alpha))(key))
+      eager, jax.jit(lambda k: targeted_masks(k, imp, plan, gamma, alpha))(key))
 
 
 def test_unit_masks_drop_whole_columns():
   params = make_params(3)
   plan = ij.groups.plan(params, UNIT_RULES)
-  targets = ij.transforms.targeted(ij.scores.magnitude(params), plan, 0.5)
-  masks = ij.transforms.targeted_masks(jax.random.key(0), ij.scores.magnitude(params), plan,
+  targets = targeted(ij.scores.magnitude(params), plan, 0.5)
+  masks = targeted_masks(jax.random.key(0), ij.scores.magnitude(params), plan,
                                        0.5, 1.0)
   w = params["dense"]["kernel"]
   m = np.broadcast_to(masks["dense"]["kernel"], w.shape)
@@ -126,7 +127,7 @@ def test_wrapped_loss_takes_any_importance_and_never_retraces():
   taylor = ij.scores.taylor(params, make_params(7))
   plan = ij.groups.plan(params)
   expected = ij.transforms.apply_masks(
-      params, ij.transforms.targeted_masks(jax.random.key(3), taylor, plan, 0.5, 1.0))
+      params, targeted_masks(jax.random.key(3), taylor, plan, 0.5, 1.0))
   got = wrapped(params, jax.random.key(3), importance=taylor)
   np.testing.assert_allclose(got, jnp.sum(expected["dense"]["kernel"]), rtol=1e-6)
 
@@ -142,16 +143,16 @@ def test_bad_input_names_the_leaf():
   params = make_params()
   imp = ij.scores.magnitude(params)
   with pytest.raises(ValueError, match="gamma"):
-    ij.transforms.targeted(imp, ij.groups.plan(params), 1.5)
+    targeted(imp, ij.groups.plan(params), 1.5)
   with pytest.raises(ValueError, match="alpha"):
     ij.transforms.targeted_dropout(lambda p: 0.0, alpha=-0.1)
   bias_plan = ij.groups.plan(params, ((r"dense/bias$", ij.groups.element()),))
   with pytest.raises(ValueError, match="dense/bias"):
-    ij.transforms.targeted(imp, bias_plan, 0.5)
+    targeted(imp, bias_plan, 0.5)
   nm_plan = ij.groups.plan(params, ((r"dense/kernel$", ij.groups.n_of_m(2, 4)),))
   with pytest.raises(ValueError, match="dense/kernel"):
-    ij.transforms.targeted(imp, nm_plan, 0.5)
+    targeted(imp, nm_plan, 0.5)
   bad = jax.tree.map(lambda x: x, imp)
   bad["conv"]["kernel"] = bad["conv"]["kernel"].at[0, 0, 0, 0].set(jnp.nan)
   with pytest.raises(ValueError, match="conv/kernel"):
-    ij.transforms.targeted(bad, ij.groups.plan(params), 0.5)
+    targeted(bad, ij.groups.plan(params), 0.5)

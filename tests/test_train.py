@@ -12,13 +12,14 @@ import pytest
 
 from impjax import checkpoint
 from impjax import data
-from impjax import train
+from configs import default
+from launch import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config():
-  config = train.default_config(quick=True)
+  config = default.get_config("quick")
   config.steps = 120
   config.pruning.begin_step = 30
   config.pruning.end_step = 90
@@ -30,7 +31,7 @@ def small_config():
 
 
 def test_default_mlp_run_reproduces_dense_and_pruned_accuracy(tmp_path):
-  config = train.default_config()
+  config = default.get_config()
   config.progress = False
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["dense_accuracy"] >= 0.96
@@ -105,11 +106,15 @@ def test_bad_config_values_fail_clearly():
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     train.build_optimizer(config)
   config = small_config()
-  config.model, config.pruning.granularity = "cnn", "2:4"
+  config.model.name, config.pruning.granularity = "cnn", "2:4"
   with pytest.raises(ValueError, match="convs/0/kernel"):
     train.build_optimizer(config).init(_cnn_params(config))
   with pytest.raises(ValueError, match="quick"):
-    train.parse_config_arg("fast")
+    default.get_config("fast")
+  config = small_config()
+  config.model.name = "vit"
+  with pytest.raises(ValueError, match=r"config.model.name='vit'"):
+    _cnn_params(config)
 
 
 def _cnn_params(config):

@@ -3,7 +3,7 @@
 Models mark what can be observed with :func:`tap` (an ``nnx.Module.sow`` that is a no-op
 unless ``nnx.capture`` is recording, so plain, jitted and differentiated calls stay pure).
 :func:`intermediates` runs a function under ``nnx.capture`` and returns what was tapped as a
-flat ``{path: array}`` dict; :func:`calibrate` streams a statistic of it over calibration
+flat ``{path: array}`` dict; :func:`accumulate_sums` streams a statistic of it over calibration
 batches, jitted, accumulated by :func:`impjax.estimators.sum` (:data:`SUMS`), with a
 progress bar. Statistics are sums with a ``count`` leaf (:func:`impjax.scores.token_sums`), so
 a mean is the same whether it was accumulated in one batch, in many, or across devices
@@ -73,7 +73,7 @@ def intermediates(fn: Callable[..., Any], module: nnx.Module, *args, **kwargs
   return out, {tree_utils.path_str(p): v for p, v in flat}
 
 
-def calibrate(observe: Callable[[Any, Any], Any], variables: Any, batches: Iterable[Any], *,
+def accumulate_sums(observe: Callable[[Any, Any], Any], variables: Any, batches: Iterable[Any], *,
               total: int | None = None, progress: bool = True) -> Any:
   """Sums ``observe(variables, batch)`` (a tree of per-batch sums) over ``batches``, jitted.
 
@@ -94,23 +94,23 @@ def calibrate(observe: Callable[[Any, Any], Any], variables: Any, batches: Itera
   Example:
     >>> import jax.numpy as jnp
     >>> observe = lambda w, b: {"sum": (w * b).sum(), "count": jnp.float32(b.size)}
-    >>> sums = calibrate(observe, 2.0, [jnp.ones(2), jnp.ones(3)], progress=False)
+    >>> sums = accumulate_sums(observe, 2.0, [jnp.ones(2), jnp.ones(3)], progress=False)
     >>> sums["sum"].tolist(), sums["count"].tolist()
     (10.0, 5.0)
   """
   batches = iter(batches)
   first = next(batches, None)
   if first is None:
-    raise ValueError("calibrate got no batches.")
+    raise ValueError("accumulate_sums got no batches.")
   state = SUMS.init(jax.eval_shape(observe, variables, first))
-  for batch in tqdm(itertools.chain([first], batches), total=total, desc="calibrate",
+  for batch in tqdm(itertools.chain([first], batches), total=total, desc="accumulate",
                     disable=not progress):
     state = _accumulate(observe, state, variables, batch)
   return state.value
 
 
 SUMS = estimators.sum(lambda _, sums: sums)
-"""The estimator :func:`calibrate` accumulates with: ``update(state, None, sums, axis_name)``."""
+"""The estimator :func:`accumulate_sums` accumulates with: ``update(state, None, sums, axis_name)``."""
 
 
 @jax.jit(static_argnums=0)

@@ -1,7 +1,7 @@
 """Flax glue for masking: read the masks of an NNX ``Optimizer``, a Linen ``TrainState`` or a
 raw optax state, and prune an NNX model in place.
 
-``impjax.transforms.masked`` is an ordinary optax transformation, so it drops into
+``impjax.transforms.prune`` is an ordinary optax transformation, so it drops into
 ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` and ``TrainState.create(..., tx=tx)`` unchanged;
 these helpers only read its state back out.
 
@@ -10,7 +10,7 @@ Example:
   >>> from flax import nnx
   >>> import impjax as ij
   >>> model = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
-  >>> tx = ij.transforms.masked(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude")
+  >>> tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5), "magnitude")
   >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   >>> grads = nnx.grad(lambda m: m(jnp.ones((1, 4))).sum())(model)
   >>> _ = optimizer.update(model, grads)
@@ -30,14 +30,14 @@ from impjax.transforms import masking
 def masks_of(holder: Any, params: Any = None) -> Any:
   """Keep-masks held by an ``nnx.Optimizer``, a Linen ``TrainState`` or an optax state.
 
-  Bit-packed masks (``masked(..., pack=True)``) are unpacked with ``params`` (a Linen
+  Bit-packed masks (``prune(..., pack=True)``) are unpacked with ``params`` (a Linen
   ``TrainState`` brings its own).
   """
   if isinstance(holder, nnx.Optimizer):
     opt_state = nnx.as_pure(holder.opt_state)
   else:
     opt_state = getattr(holder, "opt_state", holder)
-  masks = masking.find_masked_state(opt_state).masks
+  masks = masking.find_prune_state(opt_state).masks
   params = getattr(holder, "params", None) if params is None else params
   return masks if params is None else masking.unpack_masks(masks, params)
 

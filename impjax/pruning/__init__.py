@@ -1,18 +1,51 @@
-"""Pruning of pretrained models: layer-sequential one-shot (magnitude, Wanda, SparseGPT),
-structured pruning of coupled units and heads, and compaction into a smaller model."""
+"""Pruning without training: one-shot layer-sequential pruning of pretrained models, pruning in
+re-scored rounds, structured pruning of coupled units and heads, and compaction.
 
-from impjax.pruning.sparsegpt import inverse_hessian_factor, reconstruction_error, sparsegpt
+- ``sparsegpt``: SparseGPT's inverse-Hessian pruning of one kernel with weight updates.
+- ``layerwise``: layer-sequential magnitude / Wanda / SparseGPT over MiniLM's layers.
+- ``rounds``: pruning to a target in re-scored cuts (:func:`prune_in_rounds`).
+- ``structured``: MiniLM's coupled groups, entropy-Taylor unit scores, AMP width search.
+- ``compact``: slicing kept units out of the arrays (a smaller model, same outputs).
 
-__all__ = ["inverse_hessian_factor", "reconstruction_error", "sparsegpt"]
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import groups, pruning
+  >>> g = {"mlp": groups.Coupled((("fc1/kernel", 1), ("fc2/kernel", 0)))}
+  >>> params = {"fc1": {"kernel": jnp.ones((3, 4))}, "fc2": {"kernel": jnp.ones((4, 2))}}
+  >>> pruning.compact(params, g, {"mlp": jnp.array([True, False, True, False])})["fc2"]["kernel"].shape
+  (2, 2)
+"""
 
-from impjax.pruning.layerwise import METHODS, linear_paths, prune_kernel, prune_layerwise
+from impjax.pruning.compact import compact
+from impjax.pruning.compact import compact_encoder
+from impjax.pruning.layerwise import METHODS
+from impjax.pruning.layerwise import linear_paths
+from impjax.pruning.layerwise import prune_kernel
+from impjax.pruning.layerwise import prune_layerwise
+from impjax.pruning.rounds import prune_in_rounds
+from impjax.pruning.sparsegpt import inverse_hessian_factor
+from impjax.pruning.sparsegpt import reconstruction_error
+from impjax.pruning.sparsegpt import sparsegpt
+from impjax.pruning.structured import amp_search
+from impjax.pruning.structured import encoder_groups
+from impjax.pruning.structured import entropy_taylor_scores
+from impjax.pruning.structured import keep_top
+from impjax.pruning.structured import search_keep
 
-__all__ += ["METHODS", "linear_paths", "prune_kernel", "prune_layerwise"]
-
-from impjax.pruning.structured import (Coupled, amp_search, encoder_groups,
-                                       entropy_taylor_scores, keep_top, search_keep, unit_masks,
-                                       unit_scores)
-from impjax.pruning.compact import compact, compact_encoder
-
-__all__ += ["Coupled", "amp_search", "encoder_groups", "entropy_taylor_scores", "keep_top", "search_keep", "unit_masks",
-            "unit_scores", "compact", "compact_encoder"]
+__all__ = [
+    "METHODS",
+    "amp_search",
+    "compact",
+    "compact_encoder",
+    "encoder_groups",
+    "entropy_taylor_scores",
+    "inverse_hessian_factor",
+    "keep_top",
+    "linear_paths",
+    "prune_in_rounds",
+    "prune_kernel",
+    "prune_layerwise",
+    "reconstruction_error",
+    "search_keep",
+    "sparsegpt",
+]

@@ -1,6 +1,6 @@
 """Compaction: slice pruned units and heads out of the arrays — a really smaller model.
 
-Given :class:`impjax.pruning.Coupled` groups and per-unit keep vectors, every member leaf
+Given :class:`impjax.groups.Coupled` groups and per-unit keep vectors, every member leaf
 keeps only the entries of kept units along its unit axis. Pruned units contribute exactly
 zero in the masked model (their input columns, biases and output rows are zero), so the
 compacted model computes the same function with fewer parameters and FLOPs. Shapes depend on
@@ -11,9 +11,9 @@ Reference: Fang et al. 2023, "DepGraph" (physically removing coupled groups); Mi
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from impjax import pruning
+  >>> from impjax import groups, pruning
   >>> params = {"fc1": {"kernel": jnp.ones((3, 4))}, "fc2": {"kernel": jnp.ones((4, 2))}}
-  >>> g = {"mlp": pruning.Coupled((("fc1/kernel", 1), ("fc2/kernel", 0)))}
+  >>> g = {"mlp": groups.Coupled((("fc1/kernel", 1), ("fc2/kernel", 0)))}
   >>> small = pruning.compact(params, g, {"mlp": jnp.array([True, False, True, False])})
   >>> small["fc1"]["kernel"].shape, small["fc2"]["kernel"].shape
   ((3, 2), (2, 2))
@@ -29,18 +29,19 @@ import numpy as np
 
 from impjax import tree_utils
 from impjax.models import minilm
-from impjax.pruning.structured import Coupled, encoder_groups, unit_masks
+from impjax import groups
+from impjax.pruning.structured import encoder_groups
 
 
-def compact(params: Any, coupled: dict[str, Coupled], keep: dict[str, Any]) -> Any:
+def compact(params: Any, coupled: dict[str, groups.Coupled], keep: dict[str, Any]) -> Any:
   """``params`` with the entries of dropped units removed from every member leaf.
 
   Example:
-    >>> g = {"heads": Coupled((("q", 1),), size=2)}
+    >>> g = {"heads": groups.Coupled((("q", 1),), size=2)}
     >>> compact({"q": jnp.arange(8.0).reshape(2, 4)}, g, {"heads": np.array([False, True])})["q"].tolist()
     [[2.0, 3.0], [6.0, 7.0]]
   """
-  unit_masks(params, coupled, keep)  # validates members and keep shapes
+  groups.coupled_masks(params, coupled, keep)  # validates members and keep shapes
   slices = {}
   for name, group in coupled.items():
     index = np.flatnonzero(np.repeat(np.asarray(keep[name], bool), group.size))

@@ -63,7 +63,7 @@ def linear_paths(layer: nnx.Module) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class LinearInputs:
-  """Observer for :func:`impjax.flax.capture.calibrate`: sum statistics of the inputs of
+  """Observer for :func:`impjax.flax.capture.accumulate_sums`: sum statistics of the inputs of
   a layer's Linear modules (``token_gram`` for sparsegpt, else ``token_sums``).
 
   Hashable, so every layer with the same graph shares one compiled calibration step.
@@ -165,11 +165,11 @@ def prune_layerwise(model: nnx.Module, batches: Iterable[dict], method: str, *,
     graphdef, state = nnx.split(layer)
     paths = tuple(linear_paths(layer))
     observe = LinearInputs(graphdef, paths, gram=method == "sparsegpt")
-    stats = (scores.means(capture.calibrate(observe, state, hidden, total=len(hidden),
+    stats = (scores.means(capture.accumulate_sums(observe, state, hidden, total=len(hidden),
                                             progress=progress))
              if method != "magnitude" else dict.fromkeys(paths))
     for p in paths:
-      linear = _get(layer, p)
+      linear = tree_utils.get_path(layer, p)
       kernel, keep = prune_kernel(method, linear.kernel[...], stats[p], sparsity=sparsity,
                                   n_of_m=n_of_m, blocksize=blocksize, damp=damp)
       linear.kernel[...] = kernel
@@ -182,9 +182,3 @@ def prune_layerwise(model: nnx.Module, batches: Iterable[dict], method: str, *,
 @jax.jit(static_argnums=0)
 def _run_layer(graphdef, state, x, mask):
   return nnx.merge(graphdef, state)(x, mask)
-
-
-def _get(module: nnx.Module, path: str) -> nnx.Module:
-  for part in path.split("/"):
-    module = module[int(part)] if part.isdigit() else getattr(module, part)
-  return module

@@ -1,11 +1,12 @@
 """Structured pruning of coupled units: MLP hidden units and attention heads, AMP search.
 
-A :class:`Coupled` group names the leaves that one structural unit spans and the axis it
-occupies in each: an MLP hidden unit is a column of ``W_in``, its bias entry and a row of
-``W_out``; an attention head is ``head_dim`` columns of the query, key and value kernels
-(and biases) and ``head_dim`` rows of the output kernel. Element importances reduce to one
-score per unit (:func:`unit_scores`); kept units expand back to element masks
-(:func:`unit_masks`), and :func:`impjax.pruning.compact` slices them out for real.
+:func:`encoder_groups` names MiniLM's coupled groups (:class:`impjax.groups.Coupled`): an MLP
+hidden unit spans a column of ``W_in``, its bias entry and a row of ``W_out``; an attention head
+spans ``head_dim`` columns of the query, key and value kernels (and biases) and ``head_dim``
+rows of the output kernel. Element importances reduce to one score per unit
+(:func:`impjax.groups.coupled_scores`); kept units expand back to element masks
+(:func:`impjax.groups.coupled_masks`), and :func:`impjax.pruning.compact` slices them out for
+real.
 
 :func:`amp_search` chooses how many units each layer keeps (Adaptive MLP Pruning): layers
 from last to first, a binary search of ``probes`` steps on the number of kept units (in
@@ -18,21 +19,17 @@ Adaptive MLP Pruning (AMP: importance-ordered units, per-layer binary search).
 Example:
   >>> import jax.numpy as jnp
   >>> from impjax import pruning
-  >>> params = {"fc1": {"kernel": jnp.array([[1.0, 2.0]]), "bias": jnp.zeros(2)},
-  ...           "fc2": {"kernel": jnp.array([[3.0], [0.5]])}}
-  >>> mlp = pruning.Coupled((("fc1/kernel", 1), ("fc1/bias", 0), ("fc2/kernel", 0)))
-  >>> pruning.unit_scores(params, mlp).tolist()  # |w| summed over each unit's entries
-  [4.0, 2.5]
+  >>> pruning.keep_top(jnp.array([0.3, 0.1, 0.9]), 1).tolist()
+  [False, False, True]
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from impjax import groups
 from impjax import scores
@@ -41,22 +38,7 @@ from impjax import tree_utils
 from impjax.flax import capture
 
 
-class Coupled(NamedTuple):
-  """Leaves sliced together by one set of units.
-
-  Attributes:
-    members: ``(leaf path, axis)`` pairs; each axis has ``units * size`` entries.
-    size: consecutive entries per unit along every member axis (``head_dim`` for heads).
-
-  Example:
-    >>> Coupled((("fc1/kernel", 1), ("fc2/kernel", 0))).size
-    1
-  """
-  members: tuple[tuple[str, int], ...]
-  size: int = 1
-
-
-def encoder_groups(config: Any) -> dict[str, Coupled]:
+def encoder_groups(config: Any) -> dict[str, groups.Coupled]:
   """``{"layers/i/mlp": ..., "layers/i/heads": ...}`` for a :class:`impjax.models.MiniLM`.
 
   Example:
@@ -68,44 +50,12 @@ def encoder_groups(config: Any) -> dict[str, Coupled]:
   out = {}
   for i in range(config.num_layers):
     p = f"layers/{i}"
-    out[f"{p}/mlp"] = Coupled(((f"{p}/intermediate/kernel", 1), (f"{p}/intermediate/bias", 0),
+    out[f"{p}/mlp"] = groups.Coupled(((f"{p}/intermediate/kernel", 1), (f"{p}/intermediate/bias", 0),
                                (f"{p}/output/kernel", 0)))
     qkv = tuple(m for n in ("query", "key", "value")
                 for m in ((f"{p}/{n}/kernel", 1), (f"{p}/{n}/bias", 0)))
-    out[f"{p}/heads"] = Coupled(qkv + ((f"{p}/attention_out/kernel", 0),), config.head_dim)
+    out[f"{p}/heads"] = groups.Coupled(qkv + ((f"{p}/attention_out/kernel", 0),), config.head_dim)
   return out
-
-
-def _leaves(tree: Any) -> dict[str, Any]:
-  return dict(zip(tree_utils.path_names(tree), jax.tree.leaves(tree)))
-
-
-def _num_entries(leaves: dict[str, Any], group: Coupled) -> int:
-  sizes = set()
-  for path, axis in group.members:
-    if path not in leaves:
-      raise ValueError(f"Coupled group member '{path}' is not a leaf of the tree.")
-    sizes.add(np.shape(leaves[path])[axis])
-  if len(sizes) != 1 or sizes.pop() % group.size:
-    raise ValueError(f"Coupled group members {[p for p, _ in group.members]} disagree on their "
-                     f"unit axis sizes or are not multiples of size {group.size}.")
-  return np.shape(leaves[group.members[0][0]])[group.members[0][1]]
-
-
-def unit_scores(importance: Any, group: Coupled, how: str = "sum") -> jax.Array:
-  """One score per unit: each member's element importance reduced along the other axes
-  (``how``: sum, mean, max, l2), summed over members and over a unit's ``size`` entries.
-
-  Example:
-    >>> g = Coupled((("a", 1), ("b", 0)), size=2)
-    >>> unit_scores({"a": jnp.ones((2, 4)), "b": jnp.ones((4, 3))}, g).tolist()
-    [10.0, 10.0]
-  """
-  leaves = _leaves(importance)
-  _num_entries(leaves, group)
-  total = sum(groups.reduce_leaf(leaves[p], groups.neurons(axis), how)
-              for p, axis in group.members)
-  return total.reshape(-1, group.size).sum(-1)
 
 
 def keep_top(scores: jax.Array, k: int) -> jax.Array:
@@ -116,28 +66,6 @@ def keep_top(scores: jax.Array, k: int) -> jax.Array:
     [True, False, True]
   """
   return select.n_of_m_leaf(scores, int(k), scores.shape[0], axis=0)
-
-
-def unit_masks(params: Any, coupled: dict[str, Coupled], keep: dict[str, Any]) -> Any:
-  """Element keep-masks like ``params`` from per-unit keep vectors (``True`` elsewhere).
-
-  Example:
-    >>> g = {"mlp": Coupled((("a", 1), ("b", 0)))}
-    >>> m = unit_masks({"a": jnp.ones((1, 2)), "b": jnp.ones((2, 1))}, g,
-    ...                {"mlp": jnp.array([True, False])})
-    >>> m["a"].tolist(), m["b"].tolist()
-    ([[True, False]], [[True], [False]])
-  """
-  leaves = _leaves(params)
-  by_path = {}
-  for name, group in coupled.items():
-    units = _num_entries(leaves, group) // group.size
-    if np.shape(keep[name]) != (units,):
-      raise ValueError(f"keep['{name}'] must have shape ({units},), got {np.shape(keep[name])}.")
-    entries = jnp.repeat(jnp.asarray(keep[name], jnp.bool_), group.size)
-    for path, axis in group.members:
-      by_path[path] = groups.expand_leaf(entries, groups.neurons(axis), np.shape(leaves[path]))
-  return tree_utils.map_with_path(lambda p, x: by_path.get(p, jnp.ones((), jnp.bool_)), params)
 
 
 def search_keep(accept: Callable[[int], bool], units: int, probes: int = 6) -> int:
@@ -238,6 +166,6 @@ def entropy_taylor_scores(model: Any, batches: Iterable[dict], kind: str = "mlp"
     return {"count": jnp.float32(1), "scores": scores.entropy_taylor(embed, gates, temperature)}
 
   batches = list(batches)
-  mean = scores.means(capture.calibrate(observe, state, batches, total=len(batches),
+  mean = scores.means(capture.accumulate_sums(observe, state, batches, total=len(batches),
                                         progress=progress))["scores"]
   return {f"layers/{i}/{kind}": s for i, s in enumerate(mean)}

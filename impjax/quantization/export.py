@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from impjax import transforms
+from impjax.quantization import numerics
 from impjax import tree_utils
-from impjax.transforms.fake_quant import check_salient_tree
 
 NIBBLE_BITS = 4  # values of at most this many bits are packed two per byte
 
@@ -50,7 +49,7 @@ class Packed:
     nibbles: uint8 ``(ceil(m / 2),)``: the ``m`` values whose bits are at most 4, in row-major
       order, two per byte, low nibble first.
     wide: int8 ``(n - m,)``: the other values, in row-major order.
-    scale: float32 scales (see :class:`impjax.transforms.Quantized`).
+    scale: float32 scales (see :class:`impjax.quantization.Quantized`).
     zero_point: int8 zero points, or ``None`` when symmetric.
     bits: int8 bits per scale of the non-salient values (which of them are nibbles).
     shape: the array's shape (static).
@@ -105,20 +104,20 @@ def unpack_int4(data: jax.Array, size: int) -> jax.Array:
   return jnp.where(nibbles >= 8, nibbles - 16, nibbles).astype(jnp.int8)
 
 
-_quantize = jax.jit(transforms.quantize, static_argnums=(2,))
+_quantize = jax.jit(numerics.quantize, static_argnums=(2,))
 
 
 def _narrow(bits: jax.Array, scale: jax.Array, shape: tuple[int, ...],
             salient: np.ndarray | None = None, salient_bits: int = 8) -> np.ndarray:
   """Flat bool mask of the values stored as nibbles (salient values have ``salient_bits``)."""
   per_scale = jnp.broadcast_to(jnp.asarray(bits, jnp.int8), scale.shape)
-  width = np.asarray(transforms.expand(per_scale, shape))
+  width = np.asarray(numerics.expand(per_scale, shape))
   if salient is not None:
     width = np.where(np.broadcast_to(salient, shape), salient_bits, width)
   return width.reshape(-1) <= NIBBLE_BITS
 
 
-def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme(),
+def export(params: Any, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
            clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Any:
   """Stores ``params`` quantized as ``bits`` (concrete) says.
 
@@ -126,7 +125,7 @@ def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme
     params: float weights.
     bits: bits tree as for :func:`impjax.transforms.fake_quant` (concrete values).
     scheme: the quantization scheme.
-    clip: optional clip-ratio tree (e.g. from :func:`impjax.quantization.calibrate`).
+    clip: optional clip-ratio tree (e.g. from :func:`impjax.quantization.clip_ratios`).
     salient: optional tree like ``params`` of concrete bool masks that broadcast to their
       leaf (``None`` leaves: none), e.g. :func:`impjax.select.salient_channels`: those values
       are stored at ``salient_bits`` with their own scales, the others at the leaf's bits with
@@ -140,7 +139,7 @@ def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme
 
   Example:
     >>> stored = export({"w": jnp.array([[1.5, -0.5], [0.1, 2.0]])}, {"w": jnp.array([[3, 8]])},
-    ...                 transforms.Scheme(channel_axes=(-1,)))
+    ...                 numerics.Scheme(channel_axes=(-1,)))
     >>> stored["w"].nibbles.tolist(), stored["w"].wide.tolist()
     ([3], [-32, 127])
     >>> w = jnp.array([[0.5, -0.375], [127.0, 4.0], [0.125, 0.5]])  # input 1 is salient
@@ -150,16 +149,16 @@ def export(params: Any, bits: Any, scheme: transforms.Scheme = transforms.Scheme
     >>> bytes_per_leaf(stored)  # 4 nibbles in 2 bytes, 2 int8, a mask byte, 2 scales, 2 bits
     {'w': 15}
   """
-  transforms.check_bits_tree(params, bits, scheme)
-  transforms.check_bits("salient_bits", salient_bits)
+  numerics.check_bits_tree(params, bits, scheme)
+  numerics.check_bits("salient_bits", salient_bits)
   clip = jax.tree.map(lambda _: None, params) if clip is None else clip
-  salient = check_salient_tree(params, salient)
+  salient = numerics.check_salient_tree(params, salient)
 
   def leaf(path, x, b, c, s):
     if b is None:
       return x
-    if transforms.is_format(b):
-      return transforms.cast(x, b).astype(transforms.FORMATS[b])
+    if numerics.is_format(b):
+      return numerics.cast(x, b).astype(numerics.FORMATS[b])
     if not tree_utils.is_concrete(b) or not (s is None or tree_utils.is_concrete(s)):
       raise ValueError(f"export needs concrete bits and salient masks; leaf '{path}' has "
                        "traced ones.")
@@ -208,10 +207,10 @@ def _unpacked(x: Packed) -> jax.Array:
   q = jnp.zeros(narrow.shape, jnp.int8)
   q = q.at[np.flatnonzero(narrow)].set(unpack_int4(x.nibbles, int(narrow.sum())))
   q = q.at[np.flatnonzero(~narrow)].set(x.wide).reshape(x.shape)
-  values = transforms.dequantize(transforms.Quantized(q, x.scale, x.zero_point))
+  values = numerics.dequantize(numerics.Quantized(q, x.scale, x.zero_point))
   if salient is None:
     return values
-  kept = transforms.dequantize(transforms.Quantized(q, x.salient_scale, x.salient_zero_point))
+  kept = numerics.dequantize(numerics.Quantized(q, x.salient_scale, x.salient_zero_point))
   return jnp.where(salient, kept, values)
 
 

@@ -1,7 +1,7 @@
 """Quantization errors of candidate precisions, and sensitivity tables built from them.
 
 ``squared_errors`` gives ``(Q_b(W) - W)^2`` for every candidate ``b`` (integer bits under a
-:class:`impjax.transforms.Scheme`, or a float format); ``hawq_table`` combines them with a
+:class:`impjax.quantization.Scheme`, or a float format); ``hawq_table`` combines them with a
 Hessian diagonal, ``output_error_table`` with the second moment of each kernel's inputs, into
 the ``(units, choices)`` tables that :func:`impjax.select.allocate` consumes.
 
@@ -31,19 +31,19 @@ import numpy as np
 
 from impjax import groups
 from impjax import scores
-from impjax import transforms
+from impjax.quantization import numerics
 from impjax import tree_utils
 
 
-def _approx(w: jax.Array, choice: int | str, scheme: transforms.Scheme) -> jax.Array:
+def _approx(w: jax.Array, choice: int | str, scheme: numerics.Scheme) -> jax.Array:
   """``Q_b(w)`` in float32: a float-format cast or integer fake quantization."""
   w = w.astype(jnp.float32)
-  return (transforms.cast(w, choice) if transforms.is_format(choice)
-          else transforms.fake_quant_array(w, choice, scheme))
+  return (numerics.cast(w, choice) if numerics.is_format(choice)
+          else numerics.fake_quant_array(w, choice, scheme))
 
 
 def squared_errors(params: Any, choices: Sequence[int | str], the_plan: Any,
-                   scheme: transforms.Scheme = transforms.Scheme()) -> list[Any]:
+                   scheme: numerics.Scheme = numerics.Scheme()) -> list[Any]:
   """``(Q_b(W) - W)^2`` per candidate ``b``, for every planned leaf (zeros for dense leaves).
 
   Args:
@@ -75,7 +75,7 @@ def squared_errors(params: Any, choices: Sequence[int | str], the_plan: Any,
 
 
 def hawq_table(params: Any, hessian_diag: Any, choices: Sequence[int | str], the_plan: Any,
-               scheme: transforms.Scheme = transforms.Scheme()) -> Any:
+               scheme: numerics.Scheme = numerics.Scheme()) -> Any:
   """HAWQ sensitivity tables ``(units, choices)`` per leaf: :func:`impjax.scores.hawq` of the
   :func:`squared_errors` of ``choices``.
 
@@ -88,12 +88,12 @@ def hawq_table(params: Any, hessian_diag: Any, choices: Sequence[int | str], the
     [[0.0625]]
   """
   for choice in choices:
-    transforms.check_bits("choices", choice)
+    numerics.check_bits("choices", choice)
   return scores.hawq(hessian_diag, squared_errors(params, choices, the_plan, scheme), the_plan)
 
 
 def output_error_table(params: Any, input_moments: Any, choices: Sequence[int | str],
-                       the_plan: Any, scheme: transforms.Scheme = transforms.Scheme()) -> Any:
+                       the_plan: Any, scheme: numerics.Scheme = numerics.Scheme()) -> Any:
   """Layer-output error of every candidate precision, per unit: ``(units, choices)`` tables.
 
   For a kernel ``W`` (contraction axes first, outputs last) with ``D = Q_b(W) - W`` and the
@@ -125,7 +125,7 @@ def output_error_table(params: Any, input_moments: Any, choices: Sequence[int | 
     ([0.25, 0.0], (0, 2))
   """
   for choice in choices:
-    transforms.check_bits("choices", choice)
+    numerics.check_bits("choices", choice)
   tree_utils.check_same_structure(the_plan, params, names=("plan", "params"), shapes=False)
 
   def leaf(path, g, w, m):

@@ -1,9 +1,11 @@
-"""Named criteria: one score, split into what is accumulated over steps and what ranks.
+"""The criterion registry: one entry per criterion, naming its statistic, estimator and importance.
 
-A :class:`Criterion` is how transforms consume a score: ``statistic(params, grads)`` is the
-per-step quantity an estimator averages (``None`` for data-free scores) and
-``importance(params, stat)`` turns the estimate into the importance pytree. The same criterion
-drives masks, dropout orders or bit allocations.
+A :class:`Criterion` is how every consumer uses a score — the pruning transform, importance
+ordering, calibration and the main job alike: ``statistic(params, grads)`` is the per-step
+quantity (``None`` for data-free scores), ``estimator(statistic)`` builds the estimator that
+accumulates it (EMA, sum, ...), and ``importance(params, estimate)`` turns the estimate into
+the importance pytree. A new criterion is one :func:`register_criterion` entry, in this file
+or in the user's own code; every consumer then accepts its name.
 
 Example:
   >>> import jax.numpy as jnp
@@ -20,13 +22,14 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from impjax import estimators
 from impjax.scores import fisher as fisher_lib
 from impjax.scores import gradients
 from impjax.scores import weights
 
 
 class Criterion(NamedTuple):
-  """A score as transforms use it.
+  """A score as its consumers use it.
 
   Attributes:
     name: the criterion's name.
@@ -34,27 +37,58 @@ class Criterion(NamedTuple):
       score needs no data.
     importance: ``(params, estimate) -> importance tree`` (``estimate`` is ``None`` when
       ``statistic`` is).
-    accumulate: the estimator that suits the statistic: ``"ema"``, ``"sum"`` or ``None``.
+    estimator: ``statistic -> impjax.estimators.Estimator`` that suits the statistic, or
+      ``None`` for data-free scores.
   """
   name: str
   statistic: Callable[[Any, Any], Any] | None
   importance: Callable[[Any, Any], Any]
-  accumulate: str | None
+  estimator: Callable[[estimators.Statistic], estimators.Estimator] | None
 
 
-def _identity(params, estimate):
-  del params
-  return estimate
+class CriterionOptions(NamedTuple):
+  """Options an entry may read: ``p`` (magnitude exponent), ``seed`` (random scores) and
+  ``decay`` (of the EMA that accumulates gradient statistics)."""
+  p: int = 1
+  seed: int = 0
+  decay: float = 0.99
 
 
-def criterion(name: str, *, p: int = 1, seed: int = 0) -> Criterion:
-  """Builds the named criterion.
+CRITERIA: dict[str, Callable[[CriterionOptions], Criterion]] = {}
+"""The registry: ``name -> builder(options) -> Criterion``."""
+
+
+def register_criterion(name: str) -> Callable:
+  """Decorator adding ``builder(options) -> Criterion`` to the registry under ``name``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> @register_criterion("squared_gradient_sum")
+    ... def _(options):
+    ...   return Criterion("squared_gradient_sum", lambda p, g: jax.tree.map(jnp.square, g),
+    ...                    lambda p, estimate: estimate, estimators.sum)
+    >>> criterion("squared_gradient_sum").estimator is estimators.sum
+    True
+    >>> del CRITERIA["squared_gradient_sum"]
+  """
+  if name in CRITERIA:
+    raise ValueError(f"Criterion '{name}' is already registered.")
+
+  def add(builder: Callable[[CriterionOptions], Criterion]) -> Callable:
+    CRITERIA[name] = builder
+    return builder
+  return add
+
+
+def criterion(name: str, *, p: int = 1, seed: int = 0, decay: float = 0.99) -> Criterion:
+  """The registered criterion ``name`` built with these options.
 
   Args:
-    name: one of ``magnitude``, ``random``, ``saliency``, ``taylor``, ``fisher``, ``obd``,
-      ``movement``.
+    name: a key of :data:`CRITERIA` (built in: ``magnitude``, ``random``, ``saliency``,
+      ``taylor``, ``fisher``, ``obd``, ``movement``).
     p: exponent of ``magnitude`` (1 or 2).
     seed: seed of ``random`` (scores are fixed for a given seed and tree).
+    decay: decay of the EMA of the gradient criteria.
 
   Returns:
     A :class:`Criterion`.
@@ -63,23 +97,60 @@ def criterion(name: str, *, p: int = 1, seed: int = 0) -> Criterion:
     >>> criterion("magnitude", p=2).statistic is None
     True
   """
-  if name == "magnitude":
-    weights.magnitude({}, p=p)  # validates p early
-    return Criterion(name, None, lambda params, _: weights.magnitude(params, p=p), None)
-  if name == "random":
-    return Criterion(name, None,
-                     lambda params, _: weights.random(jax.random.key(seed), params), None)
-  if name == "saliency":
-    return Criterion(name, lambda params, grads: gradients.saliency(grads), _identity, "ema")
-  if name == "taylor":
-    return Criterion(name, gradients.taylor, _identity, "ema")
-  if name == "fisher":
-    return Criterion(name, lambda params, grads: fisher_lib.fisher(grads), _identity, "ema")
-  if name == "obd":
-    return Criterion(name, lambda params, grads: fisher_lib.fisher(grads), fisher_lib.obd, "ema")
-  if name == "movement":
-    return Criterion(name, gradients.movement, _identity, "sum")
-  raise ValueError(f"Unknown criterion '{name}'. Known: {sorted(NAMES)}.")
+  if name not in CRITERIA:
+    raise ValueError(f"Unknown criterion '{name}'. Known: {sorted(CRITERIA)}.")
+  return CRITERIA[name](CriterionOptions(p, seed, decay))
 
 
-NAMES = ("magnitude", "random", "saliency", "taylor", "fisher", "obd", "movement")
+def _identity(params, estimate):
+  del params
+  return estimate
+
+
+def _ema(options: CriterionOptions) -> Callable[[estimators.Statistic], estimators.Estimator]:
+  return lambda statistic: estimators.ema(statistic, decay=options.decay)
+
+
+def _fisher_statistic(params, grads):
+  del params
+  return fisher_lib.fisher(grads)
+
+
+@register_criterion("magnitude")
+def _magnitude(options: CriterionOptions) -> Criterion:
+  weights.magnitude({}, p=options.p)  # validates p early
+  return Criterion("magnitude", None,
+                   lambda params, _: weights.magnitude(params, p=options.p), None)
+
+
+@register_criterion("random")
+def _random(options: CriterionOptions) -> Criterion:
+  key = jax.random.key(options.seed)
+  return Criterion("random", None, lambda params, _: weights.random(key, params), None)
+
+
+@register_criterion("saliency")
+def _saliency(options: CriterionOptions) -> Criterion:
+  return Criterion("saliency", lambda params, grads: gradients.saliency(grads), _identity,
+                   _ema(options))
+
+
+@register_criterion("taylor")
+def _taylor(options: CriterionOptions) -> Criterion:
+  return Criterion("taylor", gradients.taylor, _identity, _ema(options))
+
+
+@register_criterion("fisher")
+def _fisher(options: CriterionOptions) -> Criterion:
+  return Criterion("fisher", _fisher_statistic, _identity, _ema(options))
+
+
+@register_criterion("obd")
+def _obd(options: CriterionOptions) -> Criterion:
+  return Criterion("obd", _fisher_statistic, fisher_lib.obd, _ema(options))
+
+
+@register_criterion("movement")
+def _movement(options: CriterionOptions) -> Criterion:
+  del options
+  return Criterion("movement", gradients.movement, _identity, estimators.sum)

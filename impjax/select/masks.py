@@ -19,26 +19,28 @@ import numpy as np
 
 from impjax import groups
 from impjax import tree_utils
-from impjax.select import n_of_m as n_of_m_lib
-from impjax.select import topk as topk_lib
+from impjax.select.n_of_m import n_of_m_leaf
+from impjax.select.selector import Selector
+from impjax.select.topk import topk
 
 
-def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0, *, scope: topk_lib.Scope = "global",
-          reduce: str = "sum", normalizer: str = "none", previous: Any = None) -> Any:
+def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0,
+          selector: Selector = Selector(), *,
+          previous: Any = None) -> Any:
   """Element keep-masks for ``importance`` under ``the_plan``.
 
   Leaves planned as ``n_of_m`` get N:M masks; the other prunable leaves are reduced to group
-  scores, normalized per leaf, and pruned together by :func:`topk` with ``sparsity`` and
-  ``scope``. Dense leaves get a scalar ``True``.
+  scores (``selector.reduce``), normalized per leaf (``selector.normalizer``), and pruned
+  together by :func:`topk` with ``sparsity`` over ``selector.scope``. Dense leaves get a
+  scalar ``True``.
 
   Args:
     importance: importance pytree, like the params.
     the_plan: granularity tree from :func:`impjax.groups.plan`.
     sparsity: scalar fraction of prunable units to prune (may be traced), or with
-      ``scope="local"`` a tree of per-leaf fractions. N:M leaves ignore it.
-    scope: ``"global"``, ``"local"`` or a callable path -> scope name.
-    reduce: group reduction (``sum``, ``mean``, ``max``, ``l2``).
-    normalizer: per-leaf normalizer (``none``, ``l2``, ``max``, ``lamp``).
+      a local scope a tree of per-leaf fractions (:meth:`Selector.budget`). N:M leaves
+      ignore it.
+    selector: a :class:`impjax.select.Selector` (:func:`impjax.select.selector`).
     previous: optional earlier keep-masks; units they pruned rank below every other unit, so
       they stay pruned while the sparsity does not shrink.
 
@@ -49,16 +51,16 @@ def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0, *, scope: topk_li
                                   shapes=False)
   tree_utils.check_finite(importance, what="importance")
   grouped = jax.tree.map(
-      lambda s, g: s[:0].reshape(-1) if g.kind == "n_of_m" else groups.reduce_leaf(s, g, reduce),
+      lambda s, g: s[:0].reshape(-1) if g.kind == "n_of_m" else groups.reduce_leaf(s, g, selector.reduce),
       importance, the_plan)
-  grouped = groups.normalize(grouped, normalizer)
+  grouped = groups.normalize(grouped, selector.normalizer)
   if previous is not None:
     grouped = jax.tree.map(_rank_pruned_last, grouped, the_plan, previous, importance)
-  group_masks = topk_lib.topk(grouped, sparsity, scope=scope)
+  group_masks = topk(grouped, sparsity, scope=selector.scope)
 
   def leaf(s, g, m):
     if g.kind == "n_of_m":
-      return n_of_m_lib.n_of_m_leaf(s, g.n, g.m, g.axis)
+      return n_of_m_leaf(s, g.n, g.m, g.axis)
     return groups.expand_leaf(m, g, np.shape(s))
   return jax.tree.map(leaf, importance, the_plan, group_masks)
 

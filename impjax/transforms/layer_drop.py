@@ -3,7 +3,7 @@
 In training, each layer of a stack is skipped with its own probability (all layers run at
 evaluation); a network trained so stays good when whole layers are later removed
 (:func:`impjax.slicing.slice_depth`). Probabilities come from any per-layer importance
-(:func:`impjax.transforms.layer_scores`): ranked by importance, layer ``l`` with rank ``r_l``
+(:func:`impjax.transforms.layer_stack.layer_scores`): ranked by importance, layer ``l`` with rank ``r_l``
 (0 = most important) of ``L`` is dropped with ``p_l = rate * (1 + strength * (2 r_l / (L - 1)
 - 1))`` — the mean stays ``rate``; ``strength = 0`` is plain LayerDrop, ``strength = 1`` drops
 the least important layer with ``2 * rate`` and never the most important one.
@@ -14,8 +14,8 @@ Huang et al. 2016, "Deep Networks with Stochastic Depth" (probabilities that var
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from impjax import transforms
-  >>> transforms.layer_drop_probs(jnp.array([5.0, 1.0, 3.0]), rate=0.2, strength=1.0).tolist()
+  >>> from impjax.transforms.layer_drop import layer_drop_probs
+  >>> layer_drop_probs(jnp.array([5.0, 1.0, 3.0]), rate=0.2, strength=1.0).tolist()
   [0.0, 0.4000000059604645, 0.20000000298023224]
 """
 
@@ -31,7 +31,6 @@ import numpy as np
 from impjax import select
 from impjax import tree_utils
 from impjax.transforms import layer_stack
-from impjax.transforms.ordered_dropout import unit_ranks
 
 
 def layer_drop_probs(layer_importance: jax.Array, rate: float, strength: float = 0.0) -> jax.Array:
@@ -52,7 +51,7 @@ def layer_drop_probs(layer_importance: jax.Array, rate: float, strength: float =
     raise ValueError(f"rate * (1 + strength) must be <= 1 so every probability is valid, got "
                      f"rate={rate}, strength={strength}.")
   n = np.shape(layer_importance)[0]
-  ranks = unit_ranks({"layers": jnp.asarray(layer_importance)})["layers"]
+  ranks = select.unit_ranks({"layers": jnp.asarray(layer_importance)})["layers"]
   spread = 2.0 * ranks.astype(jnp.float32) / max(n - 1, 1) - 1.0  # in [-1, 1]; 0 if n == 1
   spread = spread if n > 1 else jnp.zeros((1,), jnp.float32)
   return (rate * (1.0 + strength * spread)).astype(jnp.float32)
@@ -87,7 +86,7 @@ def layer_drop(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn, *,
     3.0
   """
   def wrapped(params, key, probs, *args, **kwargs):
-    stack = layer_stack.get_path(params, layers)
+    stack = tree_utils.get_path(params, layers)
     keep = layer_drop_keep(key, probs)
     run = functools.partial(layer_stack.run_layers, block_fn, stack, keep=keep)
     return loss_fn(params, *args, run=run, **kwargs)

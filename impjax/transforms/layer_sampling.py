@@ -11,7 +11,7 @@ may be a pytree such as ``(hidden, attention_mask)``
 stack, differentiates with respect to them only, and scatters them back (``gamma`` rows; in
 place when the state is donated). What this saves under JAX's static shapes:
 
-* **Backward compute**: frozen layers run :func:`impjax.transforms.run_sampled`'s frozen
+* **Backward compute**: frozen layers run :func:`impjax.transforms.layer_stack.run_sampled`'s frozen
   ``cond`` branch, which computes the activation gradient but no weight gradient (roughly
   half a layer's backward FLOPs; layers below every trained one still need ``dL/dh`` because
   the embeddings always train).
@@ -60,6 +60,7 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
+from impjax import tree_utils
 from impjax.transforms import layer_stack
 from impjax.transforms.layer_samplers import LayerSampler
 
@@ -119,7 +120,7 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
   keep_all, train_rest = optimizer_state == "all", rest == "train"
 
   def split(params):
-    return layer_stack.set_path(params, layers, None), layer_stack.get_path(params, layers)
+    return tree_utils.set_path(params, layers, None), tree_utils.get_path(params, layers)
 
   def init(params, key):
     rest, stack = split(params)
@@ -138,7 +139,7 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
 
     def loss_of(rest, active):
       run = functools.partial(layer_stack.run_sampled, block_fn, active, stack, idx)
-      full = layer_stack.set_path(rest, layers, lax.stop_gradient(stack))
+      full = tree_utils.set_path(rest, layers, lax.stop_gradient(stack))
       return loss_fn(full, *args, run=run, **kwargs)
 
     if train_rest:
@@ -157,7 +158,7 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
 
     def evaluate(keep):
       run = functools.partial(layer_stack.run_layers, block_fn, stack, keep=keep)
-      out = loss_fn(layer_stack.set_path(rest, layers, stack), *args, run=run, **kwargs)
+      out = loss_fn(tree_utils.set_path(rest, layers, stack), *args, run=run, **kwargs)
       return out[0] if has_aux else out
 
     sampler_state = sampler.update(state.sampler_state, evaluate)
@@ -168,7 +169,7 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
       fresh = jax.vmap(tx.init)(layer_stack.gather(stack, sampler_state.idx))
       layer_opt_state = jax.tree.map(lambda f, o: jnp.where(changed, f, o), fresh, layer_opt)
     metrics = {"loss": loss} if aux is None else {"loss": loss, "aux": aux}
-    return LayerSamplingState(state.count + 1, layer_stack.set_path(rest, layers, stack),
+    return LayerSamplingState(state.count + 1, tree_utils.set_path(rest, layers, stack),
                               opt_state, layer_opt_state, sampler_state), metrics
 
   return LayerSampling(init, step)

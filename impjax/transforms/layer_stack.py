@@ -99,34 +99,6 @@ def unstack_layers(layers: Any) -> dict[int, Any]:
   return {i: _layer(layers, i) for i in range(num_layers(layers))}
 
 
-def get_path(tree: dict, path: str) -> Any:
-  """The subtree at ``"a/b"`` of nested dicts; ``ValueError`` if it is missing.
-
-  Example:
-    >>> get_path({"a": {"b": 1}}, "a/b")
-    1
-  """
-  node = tree
-  for key in path.split("/"):
-    if not isinstance(node, dict) or key not in node:
-      raise ValueError(f"No subtree '{path}' in the params (top-level keys: "
-                       f"{sorted(tree) if isinstance(tree, dict) else type(tree)}).")
-    node = node[key]
-  return node
-
-
-def set_path(tree: dict, path: str, value: Any) -> dict:
-  """A copy of nested dicts ``tree`` with the subtree at ``path`` replaced.
-
-  Example:
-    >>> set_path({"a": {"b": 1, "c": 2}}, "a/b", 5)
-    {'a': {'b': 5, 'c': 2}}
-  """
-  get_path(tree, path)
-  head, _, rest = path.partition("/")
-  return {**tree, head: set_path(tree[head], rest, value) if rest else value}
-
-
 def gather(layers: Any, idx: jax.Array) -> Any:
   """The layers at ``idx`` (a new, smaller stack).
 

@@ -1,6 +1,6 @@
 """Masking: apply keep-masks, and an optax wrapper that prunes on a schedule during training.
 
-:func:`masked` wraps any optax optimizer. Its state holds the masks, the inner state and the
+:func:`prune` wraps any optax optimizer. Its state holds the masks, the inner state and the
 criterion's estimator state; every step it accumulates the criterion's statistic, on the
 schedule's update steps re-scores and re-selects the masks, masks the gradients fed to the
 inner optimizer, and returns updates that set pruned weights to exactly zero (``-w``), so
@@ -13,7 +13,7 @@ Example:
   >>> import jax, jax.numpy as jnp, optax
   >>> from impjax import schedules, transforms
   >>> params = {"dense": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2), "bias": jnp.ones(2)}}
-  >>> tx = transforms.masked(optax.adam(1e-3), schedules.one_shot(0.5), "magnitude")
+  >>> tx = transforms.prune(optax.adam(1e-3), schedules.one_shot(0.5), "magnitude")
   >>> state = tx.init(params)
   >>> grads = jax.tree.map(jnp.ones_like, params)
   >>> updates, state = tx.update(grads, state, params)
@@ -40,8 +40,8 @@ from impjax import tree_utils
 from impjax.schedules import Schedule
 
 
-class MaskedState(NamedTuple):
-  """State of :func:`masked`.
+class PruneState(NamedTuple):
+  """State of :func:`prune`.
 
   Attributes:
     count: steps taken (int32).
@@ -120,45 +120,42 @@ def sparsity_report(masks: Any, params: Any) -> dict[str, float]:
   return report
 
 
-def find_masked_state(opt_state: Any) -> MaskedState:
-  """Finds the :class:`MaskedState` inside a (chained, wrapped) optimizer state.
+def find_prune_state(opt_state: Any) -> PruneState:
+  """Finds the :class:`PruneState` inside a (chained, wrapped) optimizer state.
 
   Its ``masks`` are bit-packed when the transform was built with ``pack_masks=True``; use
   :func:`current_masks` to get bool masks either way.
   """
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, MaskedState))
-           if isinstance(x, MaskedState)]
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, PruneState))
+           if isinstance(x, PruneState)]
   if len(found) != 1:
-    raise ValueError(f"Expected one MaskedState in the optimizer state, found {len(found)}.")
+    raise ValueError(f"Expected one PruneState in the optimizer state, found {len(found)}.")
   return found[0]
 
 
 def current_masks(opt_state: Any, params: Any) -> Any:
-  """Bool keep-masks of the :class:`MaskedState` inside ``opt_state`` (unpacked if packed)."""
-  return unpack_masks(find_masked_state(opt_state).masks, params)
+  """Bool keep-masks of the :class:`PruneState` inside ``opt_state`` (unpacked if packed)."""
+  return unpack_masks(find_prune_state(opt_state).masks, params)
 
 
-def masked(inner: optax.GradientTransformation, schedule: Schedule,
-           criterion: str | scores.Criterion = "magnitude", *,
-           rules: groups.Rules | None = None, scope: select.Scope = "global",
-           allocation: str | None = None, reduce: str = "sum", normalizer: str = "none",
-           estimator: Callable[[Callable], estimators.Estimator] | None = None,
-           allow_regrowth: bool = False, axis_name: str | None = None,
-           pack: bool = False) -> optax.GradientTransformationExtraArgs:
+def prune(inner: optax.GradientTransformation, schedule: Schedule,
+          criterion: str | scores.Criterion = "magnitude", *,
+          rules: groups.Rules | None = None,
+          selector: select.Selector = select.Selector(),
+          estimator: Callable[[estimators.Statistic], estimators.Estimator] | None = None,
+          allow_regrowth: bool = False, axis_name: str | None = None,
+          pack: bool = False) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so training keeps a schedule-driven, importance-selected sparsity.
 
   Args:
     inner: the optimizer to wrap.
     schedule: a :class:`impjax.schedules.Schedule`.
-    criterion: a criterion name (see :func:`impjax.scores.criterion`) or a ``Criterion``.
+    criterion: a registered criterion name (:func:`impjax.scores.criterion`) or a
+      ``Criterion``.
     rules: path rules (``None``: prune kernels elementwise, keep the rest dense).
-    scope: ``"global"``, ``"local"`` or a callable path -> scope name.
-    allocation: ``None`` (one budget per scope), ``"uniform"`` or ``"erk"`` (per-leaf
-      budgets scaled from the schedule's final sparsity; needs ``scope="local"``).
-    reduce: group reduction for structured granularities.
-    normalizer: per-leaf normalizer of group scores.
-    estimator: factory ``statistic -> Estimator``; default: the criterion's accumulation
-      (``ema`` with decay 0.99 or ``sum``).
+    selector: how importance becomes masks: scope, group reduction, normalizer, per-leaf
+      allocation (:func:`impjax.select.selector`).
+    estimator: factory ``statistic -> Estimator`` replacing the criterion's own.
     allow_regrowth: let pruned units return when their importance rises.
     axis_name: mapped axis over which the statistic is averaged (``pmap``/``shard_map``).
     pack: keep the masks bit-packed in the state (1/8 byte per weight instead of 1).
@@ -168,32 +165,15 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
   """
   crit = scores.criterion(criterion) if isinstance(criterion, str) else criterion
   inner = optax.with_extra_args_support(inner)
-  if allocation is not None and scope != "local":
-    raise ValueError(f"allocation='{allocation}' sets per-leaf budgets: use scope='local'.")
-  if allocation not in (None, "uniform", "erk"):
-    raise ValueError(f"allocation must be None, 'uniform' or 'erk', got {allocation!r}.")
+  selector = select.selector(*selector)
   est = None
   if crit.statistic is not None:
-    if estimator is not None:
-      est = estimator(crit.statistic)
-    elif crit.accumulate == "sum":
-      est = estimators.sum(crit.statistic)
-    else:
-      est = estimators.ema(crit.statistic, decay=0.99)
-
-  def budget(params, the_plan, sparsity):
-    if allocation is None:
-      return sparsity
-    alloc = select.erk if allocation == "erk" else select.uniform
-    per_leaf = alloc(params, the_plan, schedule.final)
-    scale = sparsity / schedule.final if schedule.final > 0 else 0.0 * sparsity
-    return jax.tree.map(lambda s: s * scale, per_leaf)
-
+    est = (estimator or crit.estimator)(crit.statistic)
   store = pack_masks if pack else (lambda m: m)
 
   def init(params):
     the_plan = groups.plan(params, rules)
-    return MaskedState(
+    return PruneState(
         count=jnp.zeros((), jnp.int32),
         masks=store(initial_masks(params, the_plan)),
         inner_state=inner.init(params),
@@ -202,7 +182,7 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
 
   def update(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError("impjax.transforms.masked needs params: call update(grads, state, params).")
+      raise ValueError("impjax.transforms.prune needs params: call update(grads, state, params).")
     tree_utils.check_same_structure(params, updates, names=("params", "gradients"))
     tree_utils.check_finite(updates, what="gradients")
     the_plan = groups.plan(params, rules)
@@ -221,9 +201,9 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
       # Reading the estimate here keeps its computation off the steps that do not re-select.
       value = est.read(estimator_state) if est is not None and est.read else estimate
       importance = crit.importance(params, value)
-      new = select.masks(importance, the_plan,
-                         budget(params, the_plan, schedule.sparsity(state.count)),
-                         scope=scope, reduce=reduce, normalizer=normalizer,
+      budget = selector.budget(params, the_plan, schedule.sparsity(state.count),
+                               schedule.final)
+      new = select.masks(importance, the_plan, budget, selector,
                          previous=None if allow_regrowth else previous_masks)
       usable = tree_utils.all_finite(importance)
       return jax.tree.map(lambda n, o: jnp.where(usable, n, o), new, previous_masks)
@@ -235,7 +215,7 @@ def masked(inner: optax.GradientTransformation, schedule: Schedule,
                                               **extra_args)
     new_updates = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p).astype(u.dtype),
                                inner_updates, masks, params)
-    return new_updates, MaskedState(
+    return new_updates, PruneState(
         count=state.count + 1, masks=store(masks), inner_state=inner_state,
         estimator_state=estimator_state,
         skipped_nonfinite=state.skipped_nonfinite + jnp.logical_not(finite).astype(jnp.int32))

@@ -5,7 +5,7 @@ units keeps its ``ceil(p * K)`` most important units (its first ones in importan
 drops the rest, so every prefix of the order is trained to work alone. After training,
 :func:`impjax.slicing.slice_width` cuts the model to any width. Units are ordered by a rank
 vector per layer (module path): the index order (FjORD), or ranks from any importance pytree
-via :func:`unit_ranks`, fixed or recomputed on a schedule by :func:`importance_order`.
+via :func:`impjax.select.unit_ranks`, fixed or recomputed on a schedule by :func:`importance_order`.
 
 A unit of a module is the index along the last axis of its planned leaves (a Dense kernel's
 column and its bias entry, a Conv's output channel); dropping it zeroes those entries, which
@@ -19,10 +19,10 @@ Nested Dropout" (truncation index ``b ~ Geometric(rho)``).
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from impjax import groups, transforms
+  >>> from impjax import groups, select, transforms
   >>> params = {"hidden": {"kernel": jnp.ones((2, 4)), "bias": jnp.ones(4)},
   ...           "head": {"kernel": jnp.ones((4, 1))}}
-  >>> ranks = transforms.unit_ranks(
+  >>> ranks = select.unit_ranks(
   ...     {"hidden": jnp.array([0.1, 3.0, 2.0, 0.5])})    # unit 1 first, then 2, 3, 0
   >>> narrow = transforms.at_width(params, ranks, 0.5)
   >>> narrow["hidden"]["bias"].tolist(), narrow["head"]["kernel"].shape
@@ -42,6 +42,7 @@ import numpy as np
 from impjax import estimators
 from impjax import groups
 from impjax import scores
+from impjax import select
 from impjax import tree_utils
 from impjax.transforms import masking
 
@@ -53,76 +54,6 @@ ORDER_RULES: groups.Rules = (
 )
 """Order the output units of every kernel/bias except the classifier ``head``."""
 
-_ROUNDING = 1e-6
-
-
-def num_kept(width: Any, num_units: int) -> Any:
-  """``ceil(width * num_units)`` (float32, tolerant to rounding: ``0.6 * 5`` keeps 3), >= 1.
-
-  Example:
-    >>> num_kept(0.2, 256), num_kept(0.25, 256), num_kept(0.6, 5), num_kept(0.0, 8)
-    (52, 64, 3, 1)
-  """
-  if tree_utils.is_concrete(width):
-    product = np.float32(width) * np.float32(num_units) * np.float32(1.0 - _ROUNDING)
-    return int(min(max(np.ceil(product), 1), num_units))
-  product = jnp.asarray(width, jnp.float32) * num_units * jnp.float32(1.0 - _ROUNDING)
-  return jnp.clip(jnp.ceil(product), 1, num_units).astype(jnp.int32)
-
-
-def _modules(the_plan: Any, params: Any) -> dict[str, int]:
-  """``{module path: unit count}`` of the ordered (``neurons``) leaves; checks the counts."""
-  units: dict[str, int] = {}
-  for path, g, p in zip(tree_utils.path_names(params), jax.tree.leaves(the_plan),
-                        jax.tree.leaves(params)):
-    if g.kind == "dense":
-      continue
-    if g.kind != "neurons":
-      raise ValueError(f"Ordered dropout orders units ('neurons' leaves), but leaf '{path}' is "
-                       f"planned as '{g.kind}'.")
-    module, n = posixpath.dirname(path), np.shape(p)[g.axis]
-    if units.setdefault(module, n) != n:
-      raise ValueError(f"Leaf '{path}' has {n} units along axis {g.axis}, but other leaves of "
-                       f"module '{module}' have {units[module]}.")
-  return units
-
-
-def unit_scores(importance: Any, the_plan: Any, reduce: str = "sum") -> dict[str, jax.Array]:
-  """Per-unit importance of every ordered module: each planned leaf reduced per unit
-  (:func:`impjax.groups.reduce_leaf`), summed over the leaves of a module (kernel + bias).
-
-  Example:
-    >>> imp = {"d": {"kernel": jnp.array([[1.0, 2.0], [3.0, 0.0]]), "bias": jnp.array([0.0, 5.0])}}
-    >>> unit_scores(imp, groups.plan(imp, ORDER_RULES))["d"].tolist()
-    [4.0, 7.0]
-  """
-  tree_utils.check_same_structure(the_plan, importance, names=("plan", "importance"),
-                                  shapes=False)
-  tree_utils.check_finite(importance, what="importance")
-  _modules(the_plan, importance)
-  out: dict[str, jax.Array] = {}
-  for path, g, s in zip(tree_utils.path_names(importance), jax.tree.leaves(the_plan),
-                        jax.tree.leaves(importance)):
-    if g.kind == "neurons":
-      module = posixpath.dirname(path)
-      unit = groups.reduce_leaf(s.astype(jnp.float32), g, reduce)
-      out[module] = out[module] + unit if module in out else unit
-  return out
-
-
-def unit_ranks(unit_importance: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Rank of every unit, 0 = most important (ties: the lower index first), int32.
-
-  Example:
-    >>> unit_ranks({"d": jnp.array([0.5, 2.0, 0.5])})["d"].tolist()
-    [1, 0, 2]
-  """
-  def ranks(s):
-    order = jnp.argsort(s, descending=True, stable=True)
-    return jnp.zeros(s.shape, jnp.int32).at[order].set(jnp.arange(s.shape[0], dtype=jnp.int32))
-  return {m: ranks(s) for m, s in unit_importance.items()}
-
-
 def index_ranks(params: Any, rules: groups.Rules | None = None) -> dict[str, jax.Array]:
   """FjORD's fixed order: unit ``i`` has rank ``i`` in every ordered module.
 
@@ -131,7 +62,7 @@ def index_ranks(params: Any, rules: groups.Rules | None = None) -> dict[str, jax
     [0, 1, 2]
   """
   the_plan = groups.plan(params, ORDER_RULES if rules is None else rules)
-  return {m: jnp.arange(n, dtype=jnp.int32) for m, n in _modules(the_plan, params).items()}
+  return {m: jnp.arange(n, dtype=jnp.int32) for m, n in groups.module_units(the_plan, params).items()}
 
 
 def width_masks(params: Any, ranks: dict[str, jax.Array], width: Any,
@@ -154,7 +85,7 @@ def width_masks(params: Any, ranks: dict[str, jax.Array], width: Any,
   """
   tree_utils.check_fraction(width, what="width")
   the_plan = groups.plan(params, ORDER_RULES if rules is None else rules)
-  units = _modules(the_plan, params)
+  units = groups.module_units(the_plan, params)
   missing = sorted(set(units) - set(ranks))
   if missing:
     raise ValueError(f"No ranks for ordered module(s) {missing}; ranks has {sorted(ranks)}.")
@@ -167,7 +98,7 @@ def width_masks(params: Any, ranks: dict[str, jax.Array], width: Any,
     if g.kind == "dense":
       return jnp.ones((), jnp.bool_)
     module = posixpath.dirname(path)
-    keep = ranks[module] < num_kept(width, units[module])
+    keep = ranks[module] < select.num_kept(width, units[module])
     return groups.expand_leaf(keep, g, np.shape(p))
   return tree_utils.map_with_path(leaf, the_plan, params)
 
@@ -255,13 +186,13 @@ class ImportanceOrderState(NamedTuple):
 
 def importance_order(criterion: str | scores.Criterion = "magnitude", *, every: int = 0,
                      rules: groups.Rules | None = None, reduce: str = "sum",
-                     estimator: Callable[[Callable], estimators.Estimator] | None = None,
+                     estimator: Callable[[estimators.Statistic], estimators.Estimator] | None = None,
                      ) -> estimators.Estimator:
   """Unit order kept up to date by importance: optax-style ``init``/``update``.
 
   ``init(params)`` starts from the index order (FjORD). ``update(state, params, grads=None)``
   feeds the criterion's statistic to its estimator and, every ``every`` updates, re-ranks the
-  units by :func:`unit_scores` of the criterion's importance; ``every=0`` keeps the order
+  units by :func:`impjax.groups.unit_scores` of the criterion's importance; ``every=0`` keeps the order
   fixed. Returns ``(ranks, new_state)``, jit-able.
 
   Example:
@@ -277,7 +208,7 @@ def importance_order(criterion: str | scores.Criterion = "magnitude", *, every: 
   the_rules = ORDER_RULES if rules is None else rules
   est = None
   if crit.statistic is not None:
-    est = (estimator or (lambda s: estimators.ema(s, decay=0.99)))(crit.statistic)
+    est = (estimator or crit.estimator)(crit.statistic)
 
   def init(params):
     return ImportanceOrderState(jnp.zeros((), jnp.int32), index_ranks(params, the_rules),
@@ -293,7 +224,7 @@ def importance_order(criterion: str | scores.Criterion = "magnitude", *, every: 
 
     def rerank():
       the_plan = groups.plan(params, the_rules)
-      return unit_ranks(unit_scores(crit.importance(params, estimate), the_plan, reduce))
+      return select.unit_ranks(groups.unit_scores(crit.importance(params, estimate), the_plan, reduce))
 
     due = (count % every == 0) if every else jnp.array(False)
     ranks = lax.cond(due, rerank, lambda: state.ranks)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from impjax.transforms.fake_quant import Scheme, fake_quant
+from impjax.quantization import numerics
+from impjax.transforms.fake_quant import fake_quant
 
 
-def quantized(fn: Callable, bits: Any, scheme: Scheme = Scheme(), *, argnum: int = 0,
+def quantized(fn: Callable, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+              *, argnum: int = 0,
               clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Callable:
   """``fn`` with its positional argument ``argnum`` (the params) fake-quantized first.
 

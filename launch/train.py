@@ -1,17 +1,19 @@
 """The main job: train a Flax model on a tfds dataset while pruning it gradually by importance.
 
-``train_and_evaluate(config, workdir)`` trains data-parallel over every device of every process
+``launch/main.py`` runs it; the configs in ``configs/`` (``default.py`` and the configs that
+override it) say what it does. ``train_and_evaluate(config, workdir)`` trains data-parallel over every device of every process
 (params replicated, each process feeding its share of each global batch; only process 0 writes
 logs and plots, all processes join the orbax checkpoint), evaluates the dense model where pruning
 begins,
-prunes on the configured schedule with the configured criterion (``impjax.transforms.masked``
+prunes on the configured schedule with the configured criterion (``impjax.transforms.prune``
 around AdamW), checkpoints with orbax (resuming from the latest checkpoint in ``workdir``),
 and writes ``metrics.jsonl``, ``summary.json`` and plots into ``workdir``.
 
 Example:
   >>> import tempfile
-  >>> from impjax import train
-  >>> config = train.default_config(quick=True)
+  >>> from configs import default
+  >>> from launch import train
+  >>> config = default.get_config("quick")
   >>> config.steps, config.pruning.begin_step, config.progress = 60, 20, False
   >>> config.pruning.end_step, config.pruning.frequency = 40, 10
   >>> summary = train.train_and_evaluate(config, tempfile.mkdtemp())
@@ -24,12 +26,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import ml_collections
@@ -42,78 +42,34 @@ from impjax import data as data_lib
 from impjax import groups
 from impjax import models
 from impjax import schedules
+from impjax import scores
+from impjax import select
 from impjax import transforms
 from impjax import viz
+from impjax.flax import training
 
 
-def parse_config_arg(arg: str | None) -> bool:
-  """``"quick"`` -> True, ``None``/``""`` -> False; anything else is an error."""
-  if arg in (None, ""):
-    return False
-  if arg == "quick":
-    return True
-  raise ValueError(f"Unknown config argument {arg!r}; use 'quick' or nothing.")
+def _mlp(model: ml_collections.ConfigDict, example: np.ndarray, num_classes: int,
+         rngs: nnx.Rngs) -> nnx.Module:
+  return models.MLP(int(np.prod(example.shape)), tuple(model.mlp_hidden), num_classes,
+                    rngs=rngs)
 
 
-def default_config(quick: bool = False) -> ml_collections.ConfigDict:
-  """Every field the main job reads, with defaults that reproduce the digits results."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.dataset = "sklearn_digits"
-  config.data_dir = ""  # empty: impjax.data.DEFAULT_DATA_DIR
-  config.train_split = "train"
-  config.test_split = "test"
-
-  config.model = "mlp"
-  config.mlp_hidden = (256, 256)
-  config.cnn_channels = (32, 64)
-  config.cnn_dense = 128
-
-  config.batch_size = 128
-  config.steps = 4000
-  config.learning_rate = 1e-3
-  config.weight_decay = 1e-4
-
-  config.pruning = ml_collections.ConfigDict()
-  config.pruning.criterion = "obd"        # magnitude|random|saliency|taylor|fisher|obd|movement
-  config.pruning.schedule = "polynomial"  # polynomial|iterative|one_shot
-  config.pruning.final_sparsity = 0.9
-  config.pruning.begin_step = 1500
-  config.pruning.end_step = 3000
-  config.pruning.frequency = 100
-  config.pruning.granularity = "element"  # element|neurons|N:M such as 2:4
-  config.pruning.keep_dense = ""          # regex of kernel paths left dense, e.g. "convs/0/"
-  config.pruning.scope = "global"         # global|local
-  config.pruning.allocation = ""          # ""|uniform|erk (erk/uniform need scope=local)
-  config.pruning.ema_decay = 0.99
-
-  config.log_every = 100
-  config.eval_every = 250
-  config.checkpoint_every = 500
-  config.halt_after_step = -1  # >= 0: stop after this step without saving, as a preemption
-  config.progress = True
+def _cnn(model: ml_collections.ConfigDict, example: np.ndarray, num_classes: int,
+         rngs: nnx.Rngs) -> nnx.Module:
+  return models.CNN(example.shape[-1], tuple(model.cnn_channels), model.cnn_dense,
+                    num_classes, image_size=example.shape[0], rngs=rngs)
 
 
-  if quick:
-    config.steps = 400
-    config.pruning.begin_step = 100
-    config.pruning.end_step = 300
-    config.pruning.frequency = 50
-    config.eval_every = 100
-    config.checkpoint_every = 200
-  return config
+MODELS = {"mlp": _mlp, "cnn": _cnn}
+"""``config.model.name -> builder(model config, one example, classes, rngs)``."""
 
 
 def build_model(config: ml_collections.ConfigDict, example: np.ndarray, num_classes: int):
   """The configured NNX model for inputs shaped like ``example`` (one example)."""
-  rngs = nnx.Rngs(config.seed)
-  if config.model == "mlp":
-    return models.MLP(int(np.prod(example.shape)), tuple(config.mlp_hidden), num_classes,
-                      rngs=rngs)
-  if config.model == "cnn":
-    return models.CNN(example.shape[-1], tuple(config.cnn_channels), config.cnn_dense,
-                      num_classes, image_size=example.shape[0], rngs=rngs)
-  raise ValueError(f"Unknown model {config.model!r}: use 'mlp' or 'cnn'.")
+  if config.model.name not in MODELS:
+    raise ValueError(f"config.model.name={config.model.name!r}: use one of {sorted(MODELS)}.")
+  return MODELS[config.model.name](config.model, example, num_classes, nnx.Rngs(config.seed))
 
 
 def build_rules(granularity: str, keep_dense: str = "") -> groups.Rules:
@@ -150,67 +106,27 @@ def build_schedule(pruning: ml_collections.ConfigDict) -> schedules.Schedule:
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """AdamW wrapped by ``transforms.masked`` as the config says."""
-  from impjax import estimators  # pylint: disable=g-import-not-at-top
+  """AdamW wrapped by ``transforms.prune`` as the config says."""
   pruning = config.pruning
-  return transforms.masked(
+  return transforms.prune(
       optax.adamw(config.learning_rate, weight_decay=config.weight_decay),
-      build_schedule(pruning), pruning.criterion,
-      rules=build_rules(pruning.granularity, pruning.keep_dense), scope=pruning.scope,
-      allocation=pruning.allocation or None,
-      estimator=lambda stat: (estimators.sum(stat) if pruning.criterion == "movement"
-                              else estimators.ema(stat, decay=pruning.ema_decay)))
+      build_schedule(pruning), scores.criterion(pruning.criterion, decay=pruning.ema_decay),
+      rules=build_rules(pruning.granularity, pruning.keep_dense),
+      selector=select.selector(pruning.scope, allocation=pruning.allocation or None))
 
 
-def cross_entropy(graphdef, params, batch):
-  """Mean softmax cross-entropy of the merged model on ``batch``, and its logits."""
-  logits = nnx.merge(graphdef, params)(batch["image"])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-  return loss, logits
-
-
-def make_train_step(graphdef, tx, loss_fn=cross_entropy):
-  """A jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
-
-  ``loss_fn(graphdef, params, batch) -> (loss, logits)`` defaults to :func:`cross_entropy`;
-  pass a wrapped one to train otherwise (e.g. quantization-aware with
-  ``impjax.transforms.quantized(cross_entropy, bits, argnum=1)``).
-  """
-  @jax.jit
-  def train_step(params, opt_state, batch):
-    (loss, logits), grads = jax.value_and_grad(
-        lambda p: loss_fn(graphdef, p, batch), has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return params, opt_state, {"loss": loss, "accuracy": accuracy}
-  return train_step
-
-
-def make_accuracy_fn(graphdef, chunk: int = 1024):
-  """``(params, data) -> accuracy`` over a whole split, in jitted chunks."""
-  @jax.jit
-  def correct(params, images, labels):
-    logits = nnx.merge(graphdef, params)(images)
-    return jnp.sum(jnp.argmax(logits, -1) == labels)
-
-  def accuracy(params, split):
-    n = len(split["label"])
-    total = sum(int(correct(params, split["image"][i:i + chunk], split["label"][i:i + chunk]))
-                for i in range(0, n, chunk))
-    return total / n
-  return accuracy
-
-
-def _write_json(path: str, value: Any) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2)
+def _report(message: str, show: bool) -> None:
+  """The job's own lines: printed beside the progress bar when ``show``, logged always."""
+  logging.info(message)
+  if show:
+    tqdm.write(message)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the main job and returns the summary written to ``summary.json``."""
   workdir = os.path.abspath(workdir)
   is_writer = jax.process_index() == 0
+  show = config.progress and is_writer
   os.makedirs(workdir, exist_ok=True)
   data_dir = config.data_dir or None
   train_data = data_lib.load_split(config.dataset, config.train_split, data_dir)
@@ -232,26 +148,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored = ckpt.restore_latest(run_state)
   if restored is not None:
     start_step, run_state, meta = restored
-    logging.info("Resumed from step %d.", start_step)
+    _report(f"Resumed from step {start_step}.", show)
 
-  train_step = make_train_step(graphdef, tx)
-  accuracy = make_accuracy_fn(graphdef)
+  train_step = training.make_train_step(graphdef, tx)
+  accuracy = training.make_accuracy_fn(graphdef)
   stream = data_lib.batches_from_step(
       train_data, config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
   params, opt_state = run_state["params"], run_state["opt_state"]
   begin = config.pruning.begin_step
+  block_each_step = jax.device_count() > 1 and jax.default_backend() == "cpu"
   started = time.time()
   metrics = {}
   bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-             desc="train", disable=not (config.progress and is_writer))
+             desc="train", disable=not show)
   for step in bar:
     if step == begin and meta["dense_accuracy"] is None:
       meta["dense_accuracy"] = accuracy(params, test_data)
-      logging.info("Dense test accuracy at step %d: %.4f", step, meta["dense_accuracy"])
+      _report(f"Dense test accuracy at step {step}: {meta['dense_accuracy']:.4f}", show)
     batch = jax.make_array_from_process_local_data(batch_sharding, next(stream))
     params, opt_state, metrics = train_step(params, opt_state, batch)
-    if jax.device_count() > 1:  # collectives dispatched far ahead can deadlock on CPU
+    if block_each_step:  # CPU collectives dispatched far ahead can deadlock
       jax.block_until_ready(params)
     done = step + 1
     if done % config.log_every == 0 or done == config.steps:
@@ -263,8 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "test_accuracy": accuracy(params, test_data),
                "sparsity": transforms.sparsity_report(masks, params)["global"]}
       meta["history"].append(entry)
-      logging.info("step %d  loss %.4f  test accuracy %.4f  sparsity %.3f", done,
-                   entry["train_loss"], entry["test_accuracy"], entry["sparsity"])
+      _report(f"step {done}  loss {entry['train_loss']:.4f}  test accuracy "
+              f"{entry['test_accuracy']:.4f}  sparsity {entry['sparsity']:.3f}", show)
       if is_writer:
         with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
           f.writelines(json.dumps(h) + "\n" for h in meta["history"])
@@ -288,16 +205,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "zero_fraction_of_prunable": zeros / sum(np.size(p) for p in prunable),
       "criterion": config.pruning.criterion,
       "granularity": config.pruning.granularity,
-      "model": config.model,
+      "model": config.model.name,
       "steps": config.steps,
       "params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
       "sparsity_per_layer": report,
       "seconds_this_run": time.time() - started,
   }
   if is_writer:
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
     viz.sparsity_per_layer(report, os.path.join(workdir, "sparsity_per_layer.png"))
     viz.training_curves(meta["history"], os.path.join(workdir, "training_curves.png"))
-  logging.info("Summary: %s", json.dumps({k: v for k, v in summary.items()
-                                          if k != "sparsity_per_layer"}))
+  _report("Summary: " + json.dumps({k: v for k, v in summary.items()
+                                     if k != "sparsity_per_layer"}), show)
   return summary

@@ -11,10 +11,10 @@ conserving synaptic flow" (iterative scoring avoids layer collapse); de Jorge et
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from impjax import groups, scores, transforms
+  >>> from impjax import groups, pruning, scores
   >>> params = {"d": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2)}}
-  >>> masks = transforms.prune_in_rounds(params, groups.plan(params), 0.75, scores.magnitude,
-  ...                                    rounds=3)
+  >>> masks = pruning.prune_in_rounds(params, groups.plan(params), 0.75, scores.magnitude,
+  ...                                 rounds=3)
   >>> int((~masks["d"]["kernel"]).sum())
   6
 """
@@ -29,9 +29,8 @@ from impjax.transforms import masking
 
 
 def prune_in_rounds(params: Any, the_plan: Any, sparsity: float,
-                    importance_fn: Callable[[Any], Any], rounds: int, *,
-                    scope: select.Scope = "global", reduce: str = "sum",
-                    normalizer: str = "none") -> Any:
+                    importance_fn: Callable[[Any], Any], rounds: int,
+                    selector: select.Selector = select.Selector()) -> Any:
   """Keep-masks reaching ``sparsity`` in ``rounds`` cuts, re-scoring the pruned params.
 
   Args:
@@ -40,9 +39,7 @@ def prune_in_rounds(params: Any, the_plan: Any, sparsity: float,
     sparsity: final fraction of prunable units to prune.
     importance_fn: ``pruned_params -> importance``; e.g. a calibrated criterion.
     rounds: number of cuts (1 is plain one-shot pruning).
-    scope: ``"global"``, ``"local"`` or a callable path -> scope name.
-    reduce: group reduction for structured granularities.
-    normalizer: per-leaf normalizer of group scores.
+    selector: how importance becomes masks (:func:`impjax.select.selector`).
 
   Returns:
     Bool keep-masks like :func:`impjax.select.masks`; units pruned in a round stay pruned.
@@ -51,6 +48,6 @@ def prune_in_rounds(params: Any, the_plan: Any, sparsity: float,
   masks = masking.initial_masks(params, the_plan)
   for r in range(rounds):
     importance = importance_fn(masking.apply_masks(params, masks))
-    masks = select.masks(importance, the_plan, float(schedule.sparsity(r)), scope=scope,
-                         reduce=reduce, normalizer=normalizer, previous=masks)
+    masks = select.masks(importance, the_plan, float(schedule.sparsity(r)), selector,
+                         previous=masks)
   return masks

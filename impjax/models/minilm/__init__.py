@@ -1,0 +1,48 @@
+"""MiniLM (BERT-style encoder) in Flax NNX: the model (``model``) and its loading from local
+safetensors and tokenizers files (``loading``).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from impjax.models import minilm
+  >>> config = minilm.MiniLMConfig(vocab_size=10, hidden_size=8, num_heads=(2,), head_dim=4,
+  ...                              intermediate_sizes=(16,), max_position=6)
+  >>> minilm.MiniLM(config, rngs=nnx.Rngs(0)).encode(jnp.array([[1, 2]]), jnp.array([[1, 1]])).shape
+  (1, 8)
+"""
+
+from impjax.models.minilm.loading import embed_texts
+from impjax.models.minilm.loading import from_params
+from impjax.models.minilm.loading import load
+from impjax.models.minilm.loading import load_pretrained
+from impjax.models.minilm.loading import params_from_torch
+from impjax.models.minilm.loading import token_batches
+from impjax.models.minilm.loading import tokenize
+from impjax.models.minilm.model import Embeddings
+from impjax.models.minilm.model import EncoderLayer
+from impjax.models.minilm.model import MiniLM
+from impjax.models.minilm.model import MiniLMConfig
+from impjax.models.minilm.model import config_from_json
+from impjax.models.minilm.model import config_from_params
+from impjax.models.minilm.model import encoder_flops
+from impjax.models.minilm.model import mean_pool
+from impjax.models.minilm.model import normalize
+
+__all__ = [
+    "Embeddings",
+    "EncoderLayer",
+    "MiniLM",
+    "MiniLMConfig",
+    "config_from_json",
+    "config_from_params",
+    "embed_texts",
+    "encoder_flops",
+    "from_params",
+    "load",
+    "load_pretrained",
+    "mean_pool",
+    "normalize",
+    "params_from_torch",
+    "token_batches",
+    "tokenize",
+]
