@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pruning.ema_decay = 0.99
 
   config.log_every = 100
+  config.max_nonfinite_steps = 10  # stop when this many steps in a row had non-finite grads
+                                   # (checked every log_every steps)
   config.eval_every = 250
   config.checkpoint_every = 500
   config.halt_after_step = -1  # >= 0: stop after this step without saving, as a preemption

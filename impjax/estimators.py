@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 from tqdm import tqdm
 
+from impjax import tree_utils
+
 Statistic = Callable[[Any, Any], Any]
 
 
@@ -57,7 +59,7 @@ class SumState(NamedTuple):
   value: Any
 
 
-def _zeros(statistic: Statistic, params: Any, dtype) -> Any:
+def _zeros(statistic: Statistic, params: tree_utils.Params, dtype) -> Any:
   shapes = jax.eval_shape(statistic, params, params)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, dtype), shapes)
 
@@ -112,6 +114,22 @@ def ema(statistic: Statistic, decay: float = 0.99, debias: bool = True,
   return Estimator(init, update, lambda state: debiased(state.count, _read(state.value)))
 
 
+def _accumulating(statistic: Statistic, dtype, state_type: type,
+                  combine: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> Estimator:
+  """An estimator whose state is ``state_type(count, value)`` and whose update is
+  ``value = combine(value, statistic, count)`` leaf by leaf (``count`` after the update)."""
+  def init(params):
+    return state_type(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
+
+  def update(state, params, grads=None, axis_name=None):
+    stat = _observe(statistic, params, grads, axis_name)
+    count = state.count + 1
+    value = jax.tree.map(lambda v, x: combine(v, x, count), _read(state.value), stat)
+    return value, state_type(count, _store(value, dtype))
+
+  return Estimator(init, update, lambda state: _read(state.value))
+
+
 def running_mean(statistic: Statistic, dtype=jnp.float32) -> Estimator:
   """Exact mean of the statistic over all updates so far (calibration sets).
 
@@ -124,17 +142,8 @@ def running_mean(statistic: Statistic, dtype=jnp.float32) -> Estimator:
     >>> est.update(s, None, {"w": jnp.array([2.0])})[0]["w"].tolist()
     [1.5]
   """
-  def init(params):
-    return RunningMeanState(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
-
-  def update(state, params, grads=None, axis_name=None):
-    stat = _observe(statistic, params, grads, axis_name)
-    count = state.count + 1
-    value = jax.tree.map(lambda v, s: v + (s - v) / count.astype(jnp.float32),
-                         _read(state.value), stat)
-    return value, RunningMeanState(count, _store(value, dtype))
-
-  return Estimator(init, update, lambda state: _read(state.value))
+  return _accumulating(statistic, dtype, RunningMeanState,
+                       lambda v, x, count: v + (x - v) / count.astype(jnp.float32))
 
 
 def sum(statistic: Statistic, dtype=jnp.float32) -> Estimator:  # pylint: disable=redefined-builtin
@@ -143,27 +152,21 @@ def sum(statistic: Statistic, dtype=jnp.float32) -> Estimator:  # pylint: disabl
   ``dtype`` is the storage type of the state; arithmetic is float32.
 
   Example:
-    >>> est = sum(lambda p, g: g)
-    >>> s = est.init({"w": jnp.zeros(1)})
-    >>> _, s = est.update(s, None, {"w": jnp.array([1.0])})
-    >>> est.update(s, None, {"w": jnp.array([2.0])})[0]["w"].tolist()
-    [3.0]
+    >>> est = sum(lambda p, g: jax.tree.map(lambda w, x: -w * x, p, g))  # movement
+    >>> p = {"w": jnp.array([2.0])}
+    >>> s = est.init(p)
+    >>> for g in (1.0, -3.0):
+    ...   value, s = est.update(s, p, {"w": jnp.array([g])})
+    >>> value["w"].tolist()
+    [4.0]
   """
-  def init(params):
-    return SumState(jnp.zeros((), jnp.int32), _zeros(statistic, params, dtype))
-
-  def update(state, params, grads=None, axis_name=None):
-    stat = _observe(statistic, params, grads, axis_name)
-    value = jax.tree.map(jnp.add, _read(state.value), stat)
-    return value, SumState(state.count + 1, _store(value, dtype))
-
-  return Estimator(init, update, lambda state: _read(state.value))
+  return _accumulating(statistic, dtype, SumState, lambda v, x, count: v + x)
 
 
 BY_NAME = {"ema": ema, "running_mean": running_mean, "sum": sum}
 
 
-def calibrate(estimator: Estimator, params: Any, batches: Iterable[Any],
+def calibrate(estimator: Estimator, params: tree_utils.Params, batches: Iterable[Any],
               grad_fn: Callable[[Any, Any], Any], *, total: int | None = None,
               progress: bool = True) -> Any:
   """Runs ``estimator`` over a calibration set and returns the final estimate.
@@ -195,7 +198,7 @@ def calibrate(estimator: Estimator, params: Any, batches: Iterable[Any],
   return estimate
 
 
-def calibrated_importance(criterion: Any, params: Any, batches: Iterable[Any],
+def calibrated_importance(criterion: Any, params: tree_utils.Params, batches: Iterable[Any],
                           grad_fn: Callable[[Any, Any], Any], *,
                           estimator: Callable[[Statistic], Estimator] = running_mean,
                           total: int | None = None, progress: bool = True) -> Any:

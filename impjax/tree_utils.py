@@ -1,4 +1,5 @@
-"""Pytree helpers shared by every stage: readable key paths and early, path-naming checks.
+"""Pytree helpers shared by every stage: the pytree aliases of signatures, readable key
+paths, access by path, and early, path-naming checks.
 
 Example:
   >>> import jax.numpy as jnp
@@ -14,6 +15,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+Params = Any
+"""A model's parameters: a pytree of float arrays (nested dicts, an NNX pure dict, ...)."""
+Grads = Any
+"""Gradients: a pytree like :data:`Params`."""
+Importance = Any
+"""Importance scores: a pytree like :data:`Params` (or per-unit leaves), higher = keep."""
+Masks = Any
+"""Bool keep-masks: a pytree like :data:`Params`, each leaf broadcastable to its param."""
+Plan = Any
+"""Granularities: a pytree like :data:`Params` of :class:`impjax.groups.Granularity`."""
 
 
 def path_str(path: tuple) -> str:
@@ -50,24 +62,31 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
 
 
 def get_path(tree: Any, path: str) -> Any:
-  """The node at ``"a/b/0"``: dict keys, sequence indices or attributes (an NNX module's
-  submodules); ``ValueError`` naming the path if it is missing.
+  """The node at ``"a/b/0"``: dict keys (``"0"`` also finds an int key, as in NNX pure
+  dicts of ``nnx.List``), sequence indices or attributes (an NNX module's submodules);
+  ``ValueError`` naming the path if it is missing.
 
   Example:
     >>> get_path({"a": {"b": [1, 2]}}, "a/b/1")
     2
   """
+  missing = ValueError(f"No subtree '{path}' in the params (top-level keys: "
+                       f"{sorted(tree) if isinstance(tree, dict) else type(tree)}).")
   node = tree
   for key in path.split("/"):
-    if isinstance(node, dict) and key in node:
-      node = node[key]
-    elif key.isdigit() and not isinstance(node, dict) and hasattr(node, "__getitem__"):
-      node = node[int(key)]
-    elif not isinstance(node, dict) and not key.isdigit() and hasattr(node, key):
+    if isinstance(node, dict):
+      if key not in node and not (key.isdigit() and int(key) in node):
+        raise missing
+      node = node[key] if key in node else node[int(key)]
+    elif key.isdigit() and hasattr(node, "__getitem__"):
+      try:
+        node = node[int(key)]
+      except (IndexError, KeyError):
+        raise missing from None
+    elif not key.isdigit() and hasattr(node, key):
       node = getattr(node, key)
     else:
-      raise ValueError(f"No subtree '{path}' in the params (top-level keys: "
-                       f"{sorted(tree) if isinstance(tree, dict) else type(tree)}).")
+      raise missing
   return node
 
 

@@ -1,7 +1,7 @@
 """Runs the main job: ``python launch/main.py --config=configs/default.py --workdir=DIR``.
 
 The console shows the job's own progress bar and metrics; library logging (orbax, absl INFO)
-goes to ``DIR/train.log`` (``--alsologtostderr`` shows it too). Multi-process (one process
+goes to ``DIR/train.INFO`` (``--alsologtostderr`` shows it too). Multi-process (one process
 per host, or several on one host over loopback): ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I``; ``--distributed`` alone lets
 ``jax.distributed.initialize()`` read the cluster (TPU pods, SLURM, ...).

@@ -47,6 +47,7 @@ from impjax import select
 from impjax import transforms
 from impjax import viz
 from impjax.flax import training
+from impjax.transforms import masking
 
 
 def _mlp(model: ml_collections.ConfigDict, example: np.ndarray, num_classes: int,
@@ -122,6 +123,23 @@ def _report(message: str, show: bool) -> None:
     tqdm.write(message)
 
 
+class NonFiniteRun(RuntimeError):
+  """The run's gradients stayed non-finite: it stops instead of reporting a summary."""
+
+
+def _check_nonfinite_streak(opt_state, step: int, limit: int, ckpt) -> None:
+  """Raises :class:`NonFiniteRun` when the latest ``limit`` or more steps in a row had
+  non-finite gradients (read from the state at log steps only: no host sync per step)."""
+  streak = int(masking.find_prune_state(opt_state).nonfinite_streak)
+  if streak >= limit:
+    latest = ckpt.latest_step()
+    ckpt.close()
+    raise NonFiniteRun(
+        f"The {streak} training steps up to step {step} all had non-finite gradients "
+        f"(config.max_nonfinite_steps={limit}). They applied no update; the run stops without "
+        f"a summary. Latest checkpoint: step {latest}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the main job and returns the summary written to ``summary.json``."""
   workdir = os.path.abspath(workdir)
@@ -173,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     done = step + 1
     if done % config.log_every == 0 or done == config.steps:
       bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+      _check_nonfinite_streak(opt_state, done, config.max_nonfinite_steps, ckpt)
     if done % config.eval_every == 0 or done == config.steps:
       masks = transforms.current_masks(opt_state, params)
       entry = {"step": done, "train_loss": float(metrics["loss"]),
@@ -209,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "steps": config.steps,
       "params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
       "sparsity_per_layer": report,
+      "skipped_nonfinite_steps": int(masking.find_prune_state(opt_state).skipped_nonfinite),
       "seconds_this_run": time.time() - started,
   }
   if is_writer:

@@ -24,10 +24,11 @@ from typing import Any
 
 from flax import nnx
 
+from impjax import tree_utils
 from impjax.transforms import masking
 
 
-def masks_of(holder: Any, params: Any = None) -> Any:
+def masks_of(holder: Any, params: tree_utils.Params = None) -> Any:
   """Keep-masks held by an ``nnx.Optimizer``, a Linen ``TrainState`` or an optax state.
 
   Bit-packed masks (``prune(..., pack=True)``) are unpacked with ``params`` (a Linen
@@ -42,7 +43,7 @@ def masks_of(holder: Any, params: Any = None) -> Any:
   return masks if params is None else masking.unpack_masks(masks, params)
 
 
-def prune_model(model: nnx.Module, masks: Any) -> None:
+def prune_model(model: nnx.Module, masks: tree_utils.Masks) -> None:
   """Zeroes the pruned parameters of an NNX model in place.
 
   Example:

@@ -64,7 +64,8 @@ def num_entries(leaves: dict[str, Any], group: Coupled) -> int:
   return np.shape(leaves[group.members[0][0]])[group.members[0][1]]
 
 
-def coupled_scores(importance: Any, group: Coupled, how: str = "sum") -> jax.Array:
+def coupled_scores(importance: tree_utils.Importance, group: Coupled,
+                   how: str = "sum") -> jax.Array:
   """One score per unit: each member's element importance reduced along the other axes
   (``how``: sum, mean, max, l2), summed over members and over a unit's ``size`` entries.
 
@@ -80,7 +81,8 @@ def coupled_scores(importance: Any, group: Coupled, how: str = "sum") -> jax.Arr
   return total.reshape(-1, group.size).sum(-1)
 
 
-def coupled_masks(params: Any, coupled: dict[str, Coupled], keep: dict[str, Any]) -> Any:
+def coupled_masks(params: tree_utils.Params, coupled: dict[str, Coupled], keep: dict[str,
+                  Any]) -> tree_utils.Masks:
   """Element keep-masks like ``params`` from per-unit keep vectors (``True`` elsewhere).
 
   Example:
@@ -98,5 +100,6 @@ def coupled_masks(params: Any, coupled: dict[str, Coupled], keep: dict[str, Any]
       raise ValueError(f"keep['{name}'] must have shape ({units},), got {np.shape(keep[name])}.")
     entries = jnp.repeat(jnp.asarray(keep[name], jnp.bool_), group.size)
     for path, axis in group.members:
-      by_path[path] = granularity.expand_leaf(entries, granularity.neurons(axis), np.shape(leaves[path]))
+      by_path[path] = granularity.expand_leaf(entries, granularity.neurons(axis),
+                                              np.shape(leaves[path]))
   return tree_utils.map_with_path(lambda p, x: by_path.get(p, jnp.ones((), jnp.bool_)), params)

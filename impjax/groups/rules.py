@@ -32,7 +32,7 @@ DEFAULT_RULES: Rules = (
 )
 
 
-def plan(params: Any, rules: Rules | None = None) -> Any:
+def plan(params: tree_utils.Params, rules: Rules | None = None) -> tree_utils.Plan:
   """A tree like ``params`` whose leaves are each leaf's :class:`Granularity`.
 
   Raises ``ValueError`` naming the leaf when a granularity does not fit its shape (an N:M
@@ -50,13 +50,14 @@ def plan(params: Any, rules: Rules | None = None) -> Any:
   return tree_utils.map_with_path(leaf, params)
 
 
-def reduce(scores: Any, the_plan: Any, how: str = "sum") -> Any:
+def reduce(scores: Any, the_plan: tree_utils.Plan, how: str = "sum") -> Any:
   """Flat group scores per leaf (empty vectors for dense leaves)."""
   tree_utils.check_same_structure(the_plan, scores, names=("plan", "scores"), shapes=False)
   return jax.tree.map(lambda s, g: gran.reduce_leaf(s, g, how), scores, the_plan)
 
 
-def expand(group_masks: Any, the_plan: Any, params: Any) -> Any:
+def expand(group_masks: Any, the_plan: tree_utils.Plan,
+           params: tree_utils.Params) -> tree_utils.Masks:
   """Element masks broadcastable to ``params`` from flat group masks."""
   return jax.tree.map(lambda m, g, p: gran.expand_leaf(m, g, np.shape(p)),
                       group_masks, the_plan, params)

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from impjax import tree_utils
 from impjax.groups import granularity
 
 
-def module_units(the_plan: Any, params: Any) -> dict[str, int]:
+def module_units(the_plan: tree_utils.Plan, params: tree_utils.Params) -> dict[str, int]:
   """``{module path: unit count}`` of the ``neurons`` leaves of a plan, checking that the
   leaves of one module (its kernel and bias) agree on the count; ``dense`` leaves are skipped.
 
@@ -50,7 +49,8 @@ def module_units(the_plan: Any, params: Any) -> dict[str, int]:
   return units
 
 
-def unit_scores(importance: Any, the_plan: Any, reduce: str = "sum") -> dict[str, jax.Array]:
+def unit_scores(importance: tree_utils.Importance, the_plan: tree_utils.Plan,
+                reduce: str = "sum") -> dict[str, jax.Array]:
   """Per-unit importance of every module of a ``neurons`` plan: each planned leaf reduced per unit
   (:func:`impjax.groups.reduce_leaf`), summed over the leaves of a module (kernel + bias).
 

@@ -33,7 +33,8 @@ from impjax import groups
 from impjax.pruning.structured import encoder_groups
 
 
-def compact(params: Any, coupled: dict[str, groups.Coupled], keep: dict[str, Any]) -> Any:
+def compact(params: tree_utils.Params, coupled: dict[str, groups.Coupled], keep: dict[str,
+            Any]) -> Any:
   """``params`` with the entries of dropped units removed from every member leaf.
 
   Example:

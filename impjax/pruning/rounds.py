@@ -23,14 +23,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from impjax import tree_utils
 from impjax import schedules
 from impjax import select
 from impjax.transforms import masking
 
 
-def prune_in_rounds(params: Any, the_plan: Any, sparsity: float,
+def prune_in_rounds(params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: float,
                     importance_fn: Callable[[Any], Any], rounds: int,
-                    selector: select.Selector = select.Selector()) -> Any:
+                    selector: select.Selector = select.Selector()) -> tree_utils.Masks:
   """Keep-masks reaching ``sparsity`` in ``rounds`` cuts, re-scoring the pruned params.
 
   Args:

@@ -117,7 +117,7 @@ def _narrow(bits: jax.Array, scale: jax.Array, shape: tuple[int, ...],
   return width.reshape(-1) <= NIBBLE_BITS
 
 
-def export(params: Any, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+def export(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
            clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Any:
   """Stores ``params`` quantized as ``bits`` (concrete) says.
 

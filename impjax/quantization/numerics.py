@@ -351,7 +351,7 @@ def _is_none(x: Any) -> bool:
   return x is None
 
 
-def _given_leaves(params: Any, tree: Any, name: str) -> list[tuple[str, Any, Any]]:
+def _given_leaves(params: tree_utils.Params, tree: Any, name: str) -> list[tuple[str, Any, Any]]:
   """``(path, param, leaf)`` for every leaf of ``tree`` (like ``params``, ``None`` leaves
   allowed) that is not ``None``."""
   marked = jax.tree.map(lambda b: _KEEP if b is None else b, tree, is_leaf=_is_none)
@@ -361,7 +361,7 @@ def _given_leaves(params: Any, tree: Any, name: str) -> list[tuple[str, Any, Any
           if b is not _KEEP]
 
 
-def check_bits_tree(params: Any, bits: Any, scheme: Scheme) -> None:
+def check_bits_tree(params: tree_utils.Params, bits: Any, scheme: Scheme) -> None:
   """Checks a bits tree against ``params`` (structure, values, scale shapes), naming leaves.
 
   Example:
@@ -377,7 +377,7 @@ def check_bits_tree(params: Any, bits: Any, scheme: Scheme) -> None:
                          "per-channel scales on the same axis.")
 
 
-def check_salient_tree(params: Any, salient: Any) -> Any:
+def check_salient_tree(params: tree_utils.Params, salient: Any) -> Any:
   """Checks salient masks against ``params``, naming leaves: the same structure (``None``
   leaves: no salient values), bool masks that broadcast to their leaf's shape. Returns the
   masks with every ``None`` kept (a tree of ``None`` when ``salient`` is ``None``).

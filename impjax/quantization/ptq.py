@@ -97,7 +97,7 @@ def clip_ratio(kernel: jax.Array, bits: Any, gram: jax.Array,
   return candidates[jnp.argmin(errors, axis=0)].reshape(shape)
 
 
-def clip_ratios(params: Any, bits: Any, grams: Any,
+def clip_ratios(params: tree_utils.Params, bits: Any, grams: Any,
               scheme: numerics.Scheme = numerics.Scheme(),
               ratios: Sequence[float] = CLIP_RATIOS) -> Any:
   """Clip ratios for every leaf with integer bits and a gram (:func:`clip_ratio`).

@@ -42,7 +42,8 @@ def _approx(w: jax.Array, choice: int | str, scheme: numerics.Scheme) -> jax.Arr
           else numerics.fake_quant_array(w, choice, scheme))
 
 
-def squared_errors(params: Any, choices: Sequence[int | str], the_plan: Any,
+def squared_errors(params: tree_utils.Params, choices: Sequence[int | str],
+                   the_plan: tree_utils.Plan,
                    scheme: numerics.Scheme = numerics.Scheme()) -> list[Any]:
   """``(Q_b(W) - W)^2`` per candidate ``b``, for every planned leaf (zeros for dense leaves).
 
@@ -74,7 +75,8 @@ def squared_errors(params: Any, choices: Sequence[int | str], the_plan: Any,
   return out
 
 
-def hawq_table(params: Any, hessian_diag: Any, choices: Sequence[int | str], the_plan: Any,
+def hawq_table(params: tree_utils.Params, hessian_diag: Any, choices: Sequence[int | str],
+               the_plan: tree_utils.Plan,
                scheme: numerics.Scheme = numerics.Scheme()) -> Any:
   """HAWQ sensitivity tables ``(units, choices)`` per leaf: :func:`impjax.scores.hawq` of the
   :func:`squared_errors` of ``choices``.
@@ -92,8 +94,9 @@ def hawq_table(params: Any, hessian_diag: Any, choices: Sequence[int | str], the
   return scores.hawq(hessian_diag, squared_errors(params, choices, the_plan, scheme), the_plan)
 
 
-def output_error_table(params: Any, input_moments: Any, choices: Sequence[int | str],
-                       the_plan: Any, scheme: numerics.Scheme = numerics.Scheme()) -> Any:
+def output_error_table(params: tree_utils.Params, input_moments: Any, choices: Sequence[int | str],
+                       the_plan: tree_utils.Plan,
+                       scheme: numerics.Scheme = numerics.Scheme()) -> Any:
   """Layer-output error of every candidate precision, per unit: ``(units, choices)`` tables.
 
   For a kernel ``W`` (contraction axes first, outputs last) with ``D = Q_b(W) - W`` and the

@@ -109,7 +109,7 @@ def means(sums: Any) -> Any:
   raise ValueError(f"means expects dicts with a 'count' entry, got {type(sums).__name__}.")
 
 
-def wanda(params: Any, input_norms: Any) -> Any:
+def wanda(params: tree_utils.Params, input_norms: Any) -> Any:
   """Wanda importance ``|W_ij| * ||X_j||``: each kernel row scaled by its input's norm.
 
   Flax kernels are ``(in, out)``, so ``input_norms`` holds one ``(in,)`` vector per kernel

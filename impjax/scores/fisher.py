@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from impjax import tree_utils
 
 
-def fisher(grads: Any) -> Any:
+def fisher(grads: tree_utils.Grads) -> tree_utils.Importance:
   """``g^2`` of a gradient; averaged over steps by an estimator it estimates ``E[g^2]``.
 
   Example:
@@ -32,7 +32,7 @@ def fisher(grads: Any) -> Any:
   return jax.tree.map(jnp.square, grads)
 
 
-def per_sample_grads(loss_fn: Callable, params: Any, batch: Any) -> Any:
+def per_sample_grads(loss_fn: Callable, params: tree_utils.Params, batch: Any) -> Any:
   """Gradients of ``loss_fn(params, example)`` for every example of ``batch`` (via ``vmap``).
 
   ``batch`` is a pytree whose leaves share a leading batch axis; each example is passed to
@@ -50,7 +50,8 @@ def per_sample_grads(loss_fn: Callable, params: Any, batch: Any) -> Any:
   return jax.vmap(one)(batch)
 
 
-def fisher_per_sample(loss_fn: Callable, params: Any, batch: Any) -> Any:
+def fisher_per_sample(loss_fn: Callable, params: tree_utils.Params,
+                      batch: Any) -> tree_utils.Importance:
   """Empirical Fisher diagonal ``mean_i g_i^2`` from per-example gradients.
 
   Example:
@@ -62,7 +63,7 @@ def fisher_per_sample(loss_fn: Callable, params: Any, batch: Any) -> Any:
   return jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), grads)
 
 
-def obd(params: Any, fisher_diag: Any) -> Any:
+def obd(params: tree_utils.Params, fisher_diag: Any) -> tree_utils.Importance:
   """Optimal Brain Damage saliency ``0.5 * w^2 * F`` with ``F`` a Fisher/Hessian diagonal.
 
   Example:

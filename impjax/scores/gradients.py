@@ -21,11 +21,11 @@ import jax.numpy as jnp
 from impjax import tree_utils
 
 
-def _check_pair(params: Any, grads: Any) -> None:
+def _check_pair(params: tree_utils.Params, grads: tree_utils.Grads) -> None:
   tree_utils.check_same_structure(params, grads, names=("params", "grads"))
 
 
-def saliency(grads: Any) -> Any:
+def saliency(grads: tree_utils.Grads) -> tree_utils.Importance:
   """``|g|`` for every leaf.
 
   Example:
@@ -35,7 +35,7 @@ def saliency(grads: Any) -> Any:
   return jax.tree.map(jnp.abs, grads)
 
 
-def taylor(params: Any, grads: Any) -> Any:
+def taylor(params: tree_utils.Params, grads: tree_utils.Grads) -> tree_utils.Importance:
   """First-order Taylor importance ``|w * g|`` (the loss change from zeroing one weight).
 
   Example:
@@ -46,7 +46,7 @@ def taylor(params: Any, grads: Any) -> Any:
   return jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
 
 
-def taylor_group(params: Any, grads: Any, axis: int = -1) -> Any:
+def taylor_group(params: tree_utils.Params, grads: tree_utils.Grads, axis: int = -1) -> Any:
   """Group Taylor ``|sum_{unit} w * g|`` per unit along ``axis`` (Molchanov et al. 2019).
 
   Each leaf becomes a vector with one score per index of ``axis`` (an output neuron of a
@@ -72,7 +72,7 @@ def taylor_group(params: Any, grads: Any, axis: int = -1) -> Any:
   return tree_utils.map_with_path(leaf, params, grads)
 
 
-def movement(params: Any, grads: Any) -> Any:
+def movement(params: tree_utils.Params, grads: tree_utils.Grads) -> tree_utils.Importance:
   """One step of movement importance ``-w * g``; sum it over training with ``estimators.sum``.
 
   High scores mark weights moving away from zero (Sanh et al. 2020).

@@ -49,7 +49,7 @@ def rademacher_like(key: jax.Array, tree: Any) -> Any:
   return jax.tree.unflatten(treedef, probes)
 
 
-def hvp(loss_fn: Callable, params: Any, vector: Any, *args) -> Any:
+def hvp(loss_fn: Callable, params: tree_utils.Params, vector: Any, *args) -> Any:
   """Hessian-vector product ``H v`` of ``loss_fn(params, *args)`` (``jvp`` of ``grad``).
 
   Example:
@@ -60,7 +60,7 @@ def hvp(loss_fn: Callable, params: Any, vector: Any, *args) -> Any:
   return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (vector,))[1]
 
 
-def hutchinson(loss_fn: Callable, params: Any, key: jax.Array, *args,
+def hutchinson(loss_fn: Callable, params: tree_utils.Params, key: jax.Array, *args,
                num_probes: int = 1) -> Any:
   """Hutchinson estimate of the Hessian diagonal: the mean of ``z * (H z)`` over probes.
 
@@ -91,7 +91,7 @@ def hutchinson(loss_fn: Callable, params: Any, key: jax.Array, *args,
   return jax.tree.map(lambda e: jnp.mean(e, axis=0), estimates)
 
 
-def hawq(hessian_diag: Any, sq_errors: Sequence[Any], the_plan: Any) -> Any:
+def hawq(hessian_diag: Any, sq_errors: Sequence[Any], the_plan: tree_utils.Plan) -> Any:
   """HAWQ-V2 sensitivity ``(Tr(H_u) / n_u) * ||Q_b(W_u) - W_u||^2`` per unit and choice.
 
   Unit traces are clamped at zero: at a minimum the Hessian is positive semi-definite, so a

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 from impjax import tree_utils
 
 
-def magnitude(params: Any, p: int = 1) -> Any:
+def magnitude(params: tree_utils.Params, p: int = 1) -> tree_utils.Importance:
   """``|w|^p`` for every leaf (``p`` is static: 1 or 2).
 
   Example:
@@ -32,7 +31,7 @@ def magnitude(params: Any, p: int = 1) -> Any:
   return jax.tree.map(lambda w: jnp.abs(w) ** p, params)
 
 
-def random(key: jax.Array, params: Any) -> Any:
+def random(key: jax.Array, params: tree_utils.Params) -> tree_utils.Importance:
   """Seeded uniform scores in [0, 1), independent per leaf (leaf path folded into the key).
 
   Example:

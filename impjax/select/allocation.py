@@ -23,14 +23,15 @@ import numpy as np
 from impjax import tree_utils
 
 
-def uniform(params: Any, the_plan: Any, sparsity: float) -> Any:
+def uniform(params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: float) -> Any:
   """The same sparsity for every prunable leaf, 0 for dense ones."""
   tree_utils.check_fraction(sparsity, what="sparsity")
   return jax.tree.map(lambda p, g: 0.0 if g.kind == "dense" else float(sparsity),
                       params, the_plan)
 
 
-def erk(params: Any, the_plan: Any, sparsity: float, power: float = 1.0) -> Any:
+def erk(params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: float,
+        power: float = 1.0) -> Any:
   """Per-leaf sparsities with ERK densities whose parameter-weighted mean meets ``sparsity``.
 
   Leaves whose ERK density would exceed 1 are kept dense and the rest rescaled (RigL's loop).

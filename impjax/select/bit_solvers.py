@@ -104,13 +104,8 @@ def greedy(table: jax.Array, costs: np.ndarray, budget: int) -> jax.Array:
   ``(table[u, now] - table[u, c]) / (costs[u, c] - costs[u, now])`` (ties: lowest unit,
   then cheapest choice), until none is left.
 
-  Args:
-    table: ``(units, choices)`` float sensitivities (may be traced).
-    costs: ``(units, choices)`` integer costs, increasing along choices (static numpy).
-    budget: the largest total cost (static int).
-
-  Returns:
-    ``(units,)`` int32 choice indices.
+  Takes and returns what :func:`knapsack` does, with ``costs`` strictly increasing along
+  the choices.
 
   Example:
     >>> greedy(jnp.array([[3.0, 0.0], [2.0, 0.0]]), np.array([[1, 2], [1, 2]]), 3).tolist()

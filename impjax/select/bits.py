@@ -80,7 +80,7 @@ def _budget(costs: np.ndarray, sizes: np.ndarray, avg_bits: float | None,
   return budget
 
 
-def unit_sizes(params: Any, the_plan: Any) -> Any:
+def unit_sizes(params: tree_utils.Params, the_plan: tree_utils.Plan) -> Any:
   """Weights per unit of every leaf: numpy int ``(num_units,)`` (empty for dense leaves).
 
   Example:
@@ -96,7 +96,7 @@ def unit_sizes(params: Any, the_plan: Any) -> Any:
   return jax.tree.map(leaf, the_plan, params)
 
 
-def _flat_units(tree: Any, the_plan: Any) -> tuple[list, Any]:
+def _flat_units(tree: Any, the_plan: tree_utils.Plan) -> tuple[list, Any]:
   """The non-dense leaves of a per-unit tree and the tree's definition."""
   leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: isinstance(x, np.ndarray))
   plans = jax.tree.leaves(the_plan)
@@ -113,7 +113,8 @@ def _split(values: jax.Array, sizes_leaves: list) -> list:
   return out
 
 
-def to_bits(choice_index: Any, choices: Sequence[Choice], params: Any, the_plan: Any) -> Any:
+def to_bits(choice_index: Any, choices: Sequence[Choice], params: tree_utils.Params,
+            the_plan: tree_utils.Plan) -> Any:
   """A bits tree for :func:`impjax.transforms.fake_quant` from per-unit choice indices.
 
   Leaf units give scalar bits, ``neurons(axis)`` units give bits shaped to broadcast along
@@ -152,7 +153,8 @@ def to_bits(choice_index: Any, choices: Sequence[Choice], params: Any, the_plan:
                                   is_leaf=lambda v: isinstance(v, groups.Granularity))
 
 
-def allocate(table: Any, params: Any, the_plan: Any, choices: Sequence[Choice], *,
+def allocate(table: Any, params: tree_utils.Params, the_plan: tree_utils.Plan,
+             choices: Sequence[Choice], *,
              avg_bits: float | None = None, nbytes: int | None = None,
              method: str = "knapsack") -> Any:
   """Bits per unit from a sensitivity table tree, under an average-bit or byte budget.
@@ -199,7 +201,8 @@ def allocate(table: Any, params: Any, the_plan: Any, choices: Sequence[Choice], 
   return to_bits(indices, choices, params, the_plan)
 
 
-def order_bits(importance: Any, params: Any, the_plan: Any, low: int, high: int,
+def order_bits(importance: tree_utils.Importance, params: tree_utils.Params,
+               the_plan: tree_utils.Plan, low: int, high: int,
                avg_bits: float) -> Any:
   """Layer-Wise Quantization over a tree: :func:`lowering` of all units at once.
 
@@ -240,7 +243,8 @@ def order_bits(importance: Any, params: Any, the_plan: Any, low: int, high: int,
   return to_bits(indices, (low, high), params, the_plan)
 
 
-def layer_importance(layer_scores: Mapping[str, Any], params: Any, the_plan: Any) -> Any:
+def layer_importance(layer_scores: Mapping[str, Any], params: tree_utils.Params,
+                     the_plan: tree_utils.Plan) -> Any:
   """Per-unit importance from one score per layer: every unit of every planned leaf under a
   layer's path prefix gets that layer's score, for :func:`order_bits`.
 
@@ -296,7 +300,8 @@ def layer_importance(layer_scores: Mapping[str, Any], params: Any, the_plan: Any
   return out
 
 
-def gain_per_bit(table: Any, params: Any, the_plan: Any, choices: Sequence[Choice],
+def gain_per_bit(table: Any, params: tree_utils.Params, the_plan: tree_utils.Plan,
+                 choices: Sequence[Choice],
                  low: Choice, high: Choice) -> Any:
   """Sensitivity removed per weight-bit by raising each unit from ``low`` to ``high``:
   ``(table[:, low] - table[:, high]) / (size * (bits(high) - bits(low)))`` — the order in
@@ -318,7 +323,8 @@ def gain_per_bit(table: Any, params: Any, the_plan: Any, choices: Sequence[Choic
                       table, unit_sizes(params, the_plan))
 
 
-def average_bits(bits: Any, params: Any, salient: Any = None, salient_bits: int = 8) -> float:
+def average_bits(bits: Any, params: tree_utils.Params, salient: Any = None,
+                 salient_bits: int = 8) -> float:
   """Average bits per weight over the leaves with integer bits (concrete values only).
 
   With ``salient`` masks (:func:`salient_channels`), salient weights count ``salient_bits``.
@@ -343,7 +349,8 @@ def average_bits(bits: Any, params: Any, salient: Any = None, salient_bits: int 
   return total / count if count else 0.0
 
 
-def salient_channels(importance: Any, the_plan: Any, fraction: float, axis: int = -2) -> Any:
+def salient_channels(importance: tree_utils.Importance, the_plan: tree_utils.Plan, fraction: float,
+                     axis: int = -2) -> Any:
   """PTQ1.61-style masks of the top ``fraction`` of input channels of every planned leaf.
 
   Channel scores are the sum of ``importance`` over all other axes (e.g. importance

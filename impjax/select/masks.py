@@ -24,9 +24,9 @@ from impjax.select.selector import Selector
 from impjax.select.topk import topk
 
 
-def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0,
+def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity: Any = 0.0,
           selector: Selector = Selector(), *,
-          previous: Any = None) -> Any:
+          previous: Any = None) -> tree_utils.Masks:
   """Element keep-masks for ``importance`` under ``the_plan``.
 
   Leaves planned as ``n_of_m`` get N:M masks; the other prunable leaves are reduced to group
@@ -51,7 +51,8 @@ def masks(importance: Any, the_plan: Any, sparsity: Any = 0.0,
                                   shapes=False)
   tree_utils.check_finite(importance, what="importance")
   grouped = jax.tree.map(
-      lambda s, g: s[:0].reshape(-1) if g.kind == "n_of_m" else groups.reduce_leaf(s, g, selector.reduce),
+      lambda s, g: (s[:0].reshape(-1) if g.kind == "n_of_m"
+                    else groups.reduce_leaf(s, g, selector.reduce)),
       importance, the_plan)
   grouped = groups.normalize(grouped, selector.normalizer)
   if previous is not None:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from impjax import tree_utils
 from impjax.groups.granularity import REDUCTIONS
 from impjax.groups.normalize import NORMALIZERS
 from impjax.select import allocation as allocation_lib
@@ -46,7 +47,8 @@ class Selector(NamedTuple):
   normalizer: str = "none"
   allocation: str | None = None
 
-  def budget(self, params: Any, the_plan: Any, sparsity: Any, final: float) -> Any:
+  def budget(self, params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: Any,
+             final: float) -> Any:
     """The sparsity argument of :func:`impjax.select.masks` at ``sparsity`` of a schedule
     ending at ``final``: the scalar itself, or per-leaf fractions under an allocation.
 
@@ -54,7 +56,8 @@ class Selector(NamedTuple):
       >>> import jax.numpy as jnp
       >>> from impjax import groups
       >>> p = {"a": jnp.ones((4, 4)), "b": jnp.ones((4, 4))}
-      >>> selector("local", allocation="uniform").budget(p, groups.plan(p, [(".*", groups.element())]), 0.25, 0.5)
+      >>> plan = groups.plan(p, [(".*", groups.element())])
+      >>> selector("local", allocation="uniform").budget(p, plan, 0.25, 0.5)
       {'a': 0.25, 'b': 0.25}
     """
     if self.allocation is None:

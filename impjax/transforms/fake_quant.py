@@ -25,10 +25,12 @@ from typing import Any
 
 import jax
 
+from impjax import tree_utils
 from impjax.quantization import numerics
 
 
-def fake_quant(params: Any, bits: Any, scheme: numerics.Scheme = numerics.Scheme(), clip: Any = None,
+def fake_quant(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+               clip: Any = None,
                salient: Any = None, salient_bits: int = 8) -> Any:
   """Fake-quantizes every leaf of ``params`` at its ``bits`` (straight-through gradients).
 

@@ -77,7 +77,7 @@ class LayerSamplingState(NamedTuple):
     sampler_state: the sampler's state; ``sampler_state.idx`` are the active layers.
   """
   count: jax.Array
-  params: Any
+  params: tree_utils.Params
   opt_state: Any
   layer_opt_state: Any
   sampler_state: Any

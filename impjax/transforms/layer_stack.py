@@ -120,7 +120,7 @@ def scatter(layers: Any, active: Any, idx: jax.Array) -> Any:
   return jax.tree.map(lambda a, b: a.at[idx].set(b.astype(a.dtype)), layers, active)
 
 
-def layer_scores(importance: Any) -> jax.Array:
+def layer_scores(importance: tree_utils.Importance) -> jax.Array:
   """Per-layer importance of a stacked importance tree: the sum of each layer's scores.
 
   Use ``scores.magnitude(layers, p=2)`` for squared weight norms, ``scores.taylor`` for Taylor.

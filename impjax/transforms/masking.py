@@ -4,7 +4,11 @@
 criterion's estimator state; every step it accumulates the criterion's statistic, on the
 schedule's update steps re-scores and re-selects the masks, masks the gradients fed to the
 inner optimizer, and returns updates that set pruned weights to exactly zero (``-w``), so
-they stay zero through Adam moments, momentum and decoupled weight decay.
+they stay zero through Adam moments, momentum and decoupled weight decay. A step whose
+gradients are not all finite applies no update at all — zero updates, and the inner state,
+estimate, masks and step count as they were — and is counted in the state, so a skipped
+re-selection happens on the next finite step (eagerly, non-finite gradients raise instead,
+naming the leaf).
 
 Reference: Zhu & Gupta 2017, "To prune, or not to prune"; jaxpruner (Lee et al. 2023)
 for sparsity kept in optax state.
@@ -44,21 +48,24 @@ class PruneState(NamedTuple):
   """State of :func:`prune`.
 
   Attributes:
-    count: steps taken (int32).
+    count: steps applied (int32); a step with non-finite gradients is not one of them.
     masks: bool keep-masks like the params (scalar ``True`` for dense leaves).
     inner_state: the wrapped optimizer's state.
     estimator_state: the criterion's estimator state (``()`` for data-free criteria).
-    skipped_nonfinite: steps whose gradients were non-finite and so updated neither the
-      estimate nor the masks (int32).
+    skipped_nonfinite: steps whose gradients were non-finite and so applied no update at all:
+      params, inner state, estimate, masks and ``count`` stay as they were (int32).
+    nonfinite_streak: how many of the latest steps in a row were skipped (int32; 0 after a
+      finite step), for a train loop that stops a run whose gradients stay non-finite.
   """
   count: jax.Array
-  masks: Any
+  masks: tree_utils.Masks
   inner_state: Any
   estimator_state: Any
   skipped_nonfinite: jax.Array
+  nonfinite_streak: jax.Array
 
 
-def apply_masks(params: Any, masks: Any) -> Any:
+def apply_masks(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_utils.Params:
   """Zeroes pruned weights: ``where(mask, w, 0)`` leaf by leaf (masks broadcast).
 
   Example:
@@ -69,14 +76,14 @@ def apply_masks(params: Any, masks: Any) -> Any:
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
-def initial_masks(params: Any, the_plan: Any) -> Any:
+def initial_masks(params: tree_utils.Params, the_plan: tree_utils.Plan) -> tree_utils.Masks:
   """All-kept masks: full-shape ``True`` for prunable leaves, scalar ``True`` for dense."""
   return jax.tree.map(
       lambda p, g: jnp.ones(() if g.kind == "dense" else np.shape(p), jnp.bool_),
       params, the_plan)
 
 
-def pack_masks(masks: Any) -> Any:
+def pack_masks(masks: tree_utils.Masks) -> tree_utils.Masks:
   """Packs every non-scalar bool mask into ``uint8`` bits (``jnp.packbits``): 1/8 byte per
   weight. Scalar (dense-leaf) masks stay as they are.
 
@@ -87,7 +94,7 @@ def pack_masks(masks: Any) -> Any:
   return jax.tree.map(lambda m: jnp.packbits(m.reshape(-1)) if np.ndim(m) else m, masks)
 
 
-def unpack_masks(masks: Any, params: Any) -> Any:
+def unpack_masks(masks: tree_utils.Masks, params: tree_utils.Params) -> tree_utils.Masks:
   """Inverse of :func:`pack_masks` (bool masks pass through unchanged).
 
   Example:
@@ -101,7 +108,7 @@ def unpack_masks(masks: Any, params: Any) -> Any:
   return jax.tree.map(leaf, masks, params)
 
 
-def sparsity_report(masks: Any, params: Any) -> dict[str, float]:
+def sparsity_report(masks: tree_utils.Masks, params: tree_utils.Params) -> dict[str, float]:
   """Fraction of weights pruned per prunable leaf, plus ``"global"`` over prunable leaves.
 
   Example:
@@ -133,7 +140,7 @@ def find_prune_state(opt_state: Any) -> PruneState:
   return found[0]
 
 
-def current_masks(opt_state: Any, params: Any) -> Any:
+def current_masks(opt_state: Any, params: tree_utils.Params) -> tree_utils.Masks:
   """Bool keep-masks of the :class:`PruneState` inside ``opt_state`` (unpacked if packed)."""
   return unpack_masks(find_prune_state(opt_state).masks, params)
 
@@ -178,7 +185,8 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
         masks=store(initial_masks(params, the_plan)),
         inner_state=inner.init(params),
         estimator_state=() if est is None else est.init(params),
-        skipped_nonfinite=jnp.zeros((), jnp.int32))
+        skipped_nonfinite=jnp.zeros((), jnp.int32),
+        nonfinite_streak=jnp.zeros((), jnp.int32))
 
   def update(updates, state, params=None, **extra_args):
     if params is None:
@@ -213,11 +221,17 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
     masked_grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
     inner_updates, inner_state = inner.update(masked_grads, state.inner_state, params,
                                               **extra_args)
-    new_updates = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p).astype(u.dtype),
-                               inner_updates, masks, params)
+    # A non-finite step applies nothing: zero updates, and the inner state as it was.
+    new_updates = jax.tree.map(
+        lambda u, m, p: jnp.where(finite, jnp.where(m, u, -p), 0).astype(u.dtype),
+        inner_updates, masks, params)
+    inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
+                               state.inner_state)
+    skipped = jnp.logical_not(finite).astype(jnp.int32)
     return new_updates, PruneState(
-        count=state.count + 1, masks=store(masks), inner_state=inner_state,
+        count=state.count + 1 - skipped, masks=store(masks), inner_state=inner_state,
         estimator_state=estimator_state,
-        skipped_nonfinite=state.skipped_nonfinite + jnp.logical_not(finite).astype(jnp.int32))
+        skipped_nonfinite=state.skipped_nonfinite + skipped,
+        nonfinite_streak=(state.nonfinite_streak + 1) * skipped)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -5,7 +5,8 @@ units keeps its ``ceil(p * K)`` most important units (its first ones in importan
 drops the rest, so every prefix of the order is trained to work alone. After training,
 :func:`impjax.slicing.slice_width` cuts the model to any width. Units are ordered by a rank
 vector per layer (module path): the index order (FjORD), or ranks from any importance pytree
-via :func:`impjax.select.unit_ranks`, fixed or recomputed on a schedule by :func:`importance_order`.
+via :func:`impjax.select.unit_ranks`, fixed or recomputed on a schedule by
+:func:`importance_order`.
 
 A unit of a module is the index along the last axis of its planned leaves (a Dense kernel's
 column and its bias entry, a Conv's output channel); dropping it zeroes those entries, which
@@ -54,7 +55,8 @@ ORDER_RULES: groups.Rules = (
 )
 """Order the output units of every kernel/bias except the classifier ``head``."""
 
-def index_ranks(params: Any, rules: groups.Rules | None = None) -> dict[str, jax.Array]:
+def index_ranks(params: tree_utils.Params, rules: groups.Rules | None = None) -> dict[str,
+                jax.Array]:
   """FjORD's fixed order: unit ``i`` has rank ``i`` in every ordered module.
 
   Example:
@@ -62,11 +64,12 @@ def index_ranks(params: Any, rules: groups.Rules | None = None) -> dict[str, jax
     [0, 1, 2]
   """
   the_plan = groups.plan(params, ORDER_RULES if rules is None else rules)
-  return {m: jnp.arange(n, dtype=jnp.int32) for m, n in groups.module_units(the_plan, params).items()}
+  units = groups.module_units(the_plan, params)
+  return {m: jnp.arange(n, dtype=jnp.int32) for m, n in units.items()}
 
 
-def width_masks(params: Any, ranks: dict[str, jax.Array], width: Any,
-                rules: groups.Rules | None = None) -> Any:
+def width_masks(params: tree_utils.Params, ranks: dict[str, jax.Array], width: Any,
+                rules: groups.Rules | None = None) -> tree_utils.Masks:
   """Keep-masks of width ``width``: units with rank ``< ceil(width * K)`` in every module.
 
   Args:
@@ -103,8 +106,8 @@ def width_masks(params: Any, ranks: dict[str, jax.Array], width: Any,
   return tree_utils.map_with_path(leaf, the_plan, params)
 
 
-def at_width(params: Any, ranks: dict[str, jax.Array], width: Any,
-             rules: groups.Rules | None = None) -> Any:
+def at_width(params: tree_utils.Params, ranks: dict[str, jax.Array], width: Any,
+             rules: groups.Rules | None = None) -> tree_utils.Params:
   """The params evaluated at ``width``: dropped units zeroed (deterministic).
 
   Example:
@@ -186,14 +189,15 @@ class ImportanceOrderState(NamedTuple):
 
 def importance_order(criterion: str | scores.Criterion = "magnitude", *, every: int = 0,
                      rules: groups.Rules | None = None, reduce: str = "sum",
-                     estimator: Callable[[estimators.Statistic], estimators.Estimator] | None = None,
+                     estimator: Callable[[estimators.Statistic],
+                                         estimators.Estimator] | None = None,
                      ) -> estimators.Estimator:
   """Unit order kept up to date by importance: optax-style ``init``/``update``.
 
   ``init(params)`` starts from the index order (FjORD). ``update(state, params, grads=None)``
   feeds the criterion's statistic to its estimator and, every ``every`` updates, re-ranks the
-  units by :func:`impjax.groups.unit_scores` of the criterion's importance; ``every=0`` keeps the order
-  fixed. Returns ``(ranks, new_state)``, jit-able.
+  units by :func:`impjax.groups.unit_scores` of the criterion's importance; ``every=0`` keeps
+  the order fixed. Returns ``(ranks, new_state)``, jit-able.
 
   Example:
     >>> order = importance_order("magnitude", every=1)
@@ -224,7 +228,8 @@ def importance_order(criterion: str | scores.Criterion = "magnitude", *, every: 
 
     def rerank():
       the_plan = groups.plan(params, the_rules)
-      return select.unit_ranks(groups.unit_scores(crit.importance(params, estimate), the_plan, reduce))
+      importance = crit.importance(params, estimate)
+      return select.unit_ranks(groups.unit_scores(importance, the_plan, reduce))
 
     due = (count % every == 0) if every else jnp.array(False)
     ranks = lax.cond(due, rerank, lambda: state.ranks)

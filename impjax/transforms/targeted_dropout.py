@@ -75,7 +75,7 @@ def _targeted_leaf(path: str, score: jax.Array, g: groups.Granularity, gamma: An
                    f"but leaf '{path}' is planned as '{g.kind}'.")
 
 
-def targeted(importance: Any, the_plan: Any, gamma: Any) -> Any:
+def targeted(importance: tree_utils.Importance, the_plan: tree_utils.Plan, gamma: Any) -> Any:
   """Which weights or units are targeted: the bottom ``gamma`` fraction by importance.
 
   ``element`` leaves: in each output column (last axis), the scores below the column's
@@ -104,7 +104,8 @@ def targeted(importance: Any, the_plan: Any, gamma: Any) -> Any:
                                   importance, the_plan)
 
 
-def targeted_masks(key: jax.Array, importance: Any, the_plan: Any, gamma: Any,
+def targeted_masks(key: jax.Array, importance: tree_utils.Importance, the_plan: tree_utils.Plan,
+                   gamma: Any,
                    alpha: Any) -> Any:
   """Keep-masks of one training step: each targeted weight or unit dropped with probability
   ``alpha`` (one draw per weight for ``element`` leaves, per unit for ``neurons`` leaves).

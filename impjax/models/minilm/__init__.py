@@ -2,13 +2,10 @@
 safetensors and tokenizers files (``loading``).
 
 Example:
-  >>> import jax.numpy as jnp
-  >>> from flax import nnx
   >>> from impjax.models import minilm
-  >>> config = minilm.MiniLMConfig(vocab_size=10, hidden_size=8, num_heads=(2,), head_dim=4,
-  ...                              intermediate_sizes=(16,), max_position=6)
-  >>> minilm.MiniLM(config, rngs=nnx.Rngs(0)).encode(jnp.array([[1, 2]]), jnp.array([[1, 1]])).shape
-  (1, 8)
+  >>> config = minilm.MiniLMConfig()  # all-MiniLM-L6-v2's shape
+  >>> config.num_layers, config.hidden_size, config.num_heads[0] * config.head_dim
+  (6, 384, 384)
 """
 
 from impjax.models.minilm.loading import embed_texts
