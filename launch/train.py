@@ -164,6 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   start_step = 0
   restored = ckpt.restore_latest(run_state)
+  for step, why in ckpt.damaged:
+    _report(f"Skipped the damaged checkpoint at step {step}: {why}.", show)
   if restored is not None:
     start_step, run_state, meta = restored
     _report(f"Resumed from step {start_step}.", show)
