@@ -48,6 +48,7 @@ from impjax import transforms
 from impjax import viz
 from impjax.flax import training
 from impjax.transforms import masking
+from launch import config_checks
 
 
 def _mlp(model: ml_collections.ConfigDict, example: np.ndarray, num_classes: int,
@@ -142,6 +143,7 @@ def _check_nonfinite_streak(opt_state, step: int, limit: int, ckpt) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the main job and returns the summary written to ``summary.json``."""
+  config_checks.check_config(config, MODELS)
   workdir = os.path.abspath(workdir)
   is_writer = jax.process_index() == 0
   show = config.progress and is_writer
