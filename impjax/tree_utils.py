@@ -142,6 +142,29 @@ def check_same_structure(reference: Any, other: Any, *, names: tuple[str, str],
                    + "; ".join(detail) + ").")
 
 
+def check_broadcasts(params: Any, masks: Any, *, what: str = "mask") -> None:
+  """Raises ``ValueError`` naming the leaf path where a leaf of ``masks`` (a tree like
+  ``params``) does not broadcast to its param's shape.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> check_broadcasts({"w": jnp.ones((2, 3))}, {"w": jnp.ones((3, 2), bool)})
+    Traceback (most recent call last):
+    ...
+    ValueError: mask of leaf 'w' has shape (3, 2), which does not broadcast to the leaf's shape (2, 3).
+  """
+  check_same_structure(params, masks, names=("params", f"{what}s"), shapes=False)
+  for path, p, m in zip(path_names(params), jax.tree.leaves(params), jax.tree.leaves(masks)):
+    shape = np.shape(p)
+    try:
+      fits = np.broadcast_shapes(np.shape(m), shape) == shape
+    except ValueError:
+      fits = False
+    if not fits:
+      raise ValueError(f"{what} of leaf '{path}' has shape {np.shape(m)}, which does not "
+                       f"broadcast to the leaf's shape {shape}.")
+
+
 def check_finite(tree: Any, *, what: str) -> None:
   """Raises ``ValueError`` naming every leaf with NaN or Inf values (concrete arrays only).
 

@@ -37,7 +37,9 @@ from impjax.groups.normalize import normalize
 from impjax.groups.normalize import normalize_leaf
 from impjax.groups.rules import DEFAULT_RULES
 from impjax.groups.rules import Rules
+from impjax.groups.rules import OptionalRule
 from impjax.groups.rules import expand
+from impjax.groups.rules import optional
 from impjax.groups.rules import plan
 from impjax.groups.rules import reduce
 from impjax.groups.units import module_units
@@ -50,6 +52,7 @@ __all__ = [
     "REDUCTIONS",
     "Coupled",
     "Granularity",
+    "OptionalRule",
     "Rules",
     "blocks",
     "coupled_masks",
@@ -64,6 +67,7 @@ __all__ = [
     "neurons",
     "normalize",
     "normalize_leaf",
+    "optional",
     "num_entries",
     "num_groups",
     "plan",

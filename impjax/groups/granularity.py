@@ -90,6 +90,9 @@ def _reduce(x: jnp.ndarray, axes: tuple[int, ...], how: str) -> jnp.ndarray:
 
 def check_leaf(shape: tuple[int, ...], g: Granularity, path: str) -> None:
   """Raises ``ValueError`` naming ``path`` when ``g`` cannot apply to a leaf of ``shape``."""
+  if g.kind != "dense" and 0 in shape:
+    raise ValueError(f"Leaf '{path}' of shape {shape} is empty; it has no units to prune as "
+                     f"{g.kind}. Plan it dense.")
   if g.kind in ("neurons", "n_of_m") and not -len(shape) <= g.axis < len(shape):
     raise ValueError(f"Leaf '{path}' of shape {shape} has no axis {g.axis} for {g.kind}.")
   if g.kind == "n_of_m" and shape[g.axis] % g.m:

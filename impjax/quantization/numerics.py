@@ -200,7 +200,9 @@ def quantize(x: jax.Array, bits: Any, scheme: Scheme = Scheme(), clip: Any = 1.0
   Args:
     x: a float array.
     bits: integer bits in [2, 8]; an int, or an int array that broadcasts to the scales'
-      shape (per-channel bits). May be traced.
+      shape (per-channel bits). May be traced; traced bits are not checked (the tree-level
+      :func:`check_bits_tree` refuses concrete bits outside [2, 8] by leaf), so a traced
+      value outside the range gives a meaningless grid.
     scheme: a :class:`Scheme`.
     clip: ratio applied to ``absmax`` (or ``min``/``max``) before the scale is computed;
       scalar or broadcastable to the scales (values beyond it saturate).

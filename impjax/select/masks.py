@@ -50,6 +50,8 @@ def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity
   tree_utils.check_same_structure(the_plan, importance, names=("plan", "importance"),
                                   shapes=False)
   tree_utils.check_finite(importance, what="importance")
+  if previous is not None:
+    tree_utils.check_broadcasts(importance, previous, what="previous mask")
   grouped = jax.tree.map(
       lambda s, g: (s[:0].reshape(-1) if g.kind == "n_of_m"
                     else groups.reduce_leaf(s, g, selector.reduce)),

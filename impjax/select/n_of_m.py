@@ -24,7 +24,15 @@ from impjax.groups import granularity as gran
 
 
 def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
-  """Keep-mask of one array with exactly ``n`` kept in each group of ``m`` along ``axis``."""
+  """Keep-mask of one array with exactly ``n`` kept in each group of ``m`` along ``axis``.
+
+  Example:
+    >>> n_of_m_leaf(jnp.array([3.0, 1.0, 2.0, 0.0]), 1, 2).tolist()
+    [True, False, True, False]
+  """
+  if not 0 <= n <= m or m < 1:
+    raise ValueError(f"N:M needs 0 <= n <= m and m >= 1, got n={n}, m={m}.")
+  gran.check_leaf(scores.shape, gran.Granularity("n_of_m", axis=axis, n=n, m=m), "scores")
   moved = jnp.moveaxis(scores, axis, -1)
   grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
   rank = jnp.argsort(jnp.argsort(grouped, axis=-1, stable=True), axis=-1, stable=True)

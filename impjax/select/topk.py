@@ -243,7 +243,9 @@ def topk(scores: Any, sparsity: Any, *, scope: Scope = "global") -> Any:
   Args:
     scores: a pytree of float arrays (empty leaves take no part).
     sparsity: fraction to prune in [0, 1]: a scalar (may be traced), or with
-      ``scope="local"`` a pytree of per-leaf fractions matching ``scores``.
+      ``scope="local"`` a pytree of per-leaf fractions matching ``scores``. A concrete value
+      outside [0, 1] raises; a traced one is not checked: above 1 prunes everything, NaN and
+      values at or below 0 prune nothing.
     scope: ``"global"`` (one budget over all leaves), ``"local"`` (per leaf), or a callable
       mapping a leaf path to a scope name (one budget per scope).
 

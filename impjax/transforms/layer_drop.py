@@ -87,6 +87,10 @@ def layer_drop(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn, *,
   """
   def wrapped(params, key, probs, *args, **kwargs):
     stack = tree_utils.get_path(params, layers)
+    depth = layer_stack.num_layers(stack)
+    if np.shape(probs) != (depth,):
+      raise ValueError(f"probs has shape {np.shape(probs)}, but the stack at '{layers}' has "
+                       f"{depth} layers.")
     keep = layer_drop_keep(key, probs)
     run = functools.partial(layer_stack.run_layers, block_fn, stack, keep=keep)
     return loss_fn(params, *args, run=run, **kwargs)

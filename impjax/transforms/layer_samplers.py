@@ -40,9 +40,11 @@ Evaluate = Callable[[jax.Array], jax.Array]
 
 
 class LayerSampler(NamedTuple):
-  """``init(key) -> state`` (with ``state.idx``) and ``update(state, evaluate) -> state``."""
+  """``init(key) -> state`` (with ``state.idx``) and ``update(state, evaluate) -> state``;
+  ``num_layers`` is the stack size it samples from (``None``: not declared)."""
   init: Callable[[jax.Array], Any]
   update: Callable[[Any, Evaluate | None], Any]
+  num_layers: int | None = None
 
 
 class LisaState(NamedTuple):
@@ -104,7 +106,7 @@ def lisa(num_layers: int, gamma: int = 2, period: int = 20) -> LayerSampler:
     idx = jnp.where(count % period == 0, sample_layers(sub, num_layers, gamma), state.idx)
     return LisaState(count, idx, key)
 
-  return LayerSampler(init, update)
+  return LayerSampler(init, update, num_layers)
 
 
 def ist_scores(scores: jax.Array, damped: jax.Array, losses: jax.Array,
@@ -175,4 +177,4 @@ def ist(num_layers: int, fraction: float = 0.25, *, period: int = 1, every: int 
     idx = jnp.where(count % period == 0, resampled, state.idx)
     return IstState(count, idx, key, scores)
 
-  return LayerSampler(init, update)
+  return LayerSampler(init, update, num_layers)

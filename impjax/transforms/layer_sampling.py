@@ -124,7 +124,10 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
 
   def init(params, key):
     rest, stack = split(params)
-    layer_stack.num_layers(stack)
+    depth = layer_stack.num_layers(stack)
+    if sampler.num_layers is not None and sampler.num_layers != depth:
+      raise ValueError(f"The sampler draws from {sampler.num_layers} layers, but the stack at "
+                       f"'{layers}' has {depth}.")
     sampler_state = sampler.init(key)
     per_layer = stack if keep_all else layer_stack.gather(stack, sampler_state.idx)
     return LayerSamplingState(count=jnp.zeros((), jnp.int32), params=params,

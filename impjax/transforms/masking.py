@@ -72,7 +72,7 @@ def apply_masks(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_util
     >>> apply_masks({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([True, False])})["w"].tolist()
     [1.0, 0.0]
   """
-  tree_utils.check_same_structure(params, masks, names=("params", "masks"), shapes=False)
+  tree_utils.check_broadcasts(params, masks)
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
@@ -145,6 +145,21 @@ def current_masks(opt_state: Any, params: tree_utils.Params) -> tree_utils.Masks
   return unpack_masks(find_prune_state(opt_state).masks, params)
 
 
+def _check_state_fits(state: Any, params: tree_utils.Params, packed: bool) -> None:
+  """Raises ``ValueError`` naming the leaf when ``state`` was built for other params."""
+  if not isinstance(state, PruneState):
+    raise ValueError(f"impjax.transforms.prune got a {type(state).__name__} as its state; "
+                     "pass the state its own init(params) returned.")
+  tree_utils.check_same_structure(params, state.masks, names=("params", "the state's masks"),
+                                  shapes=False)
+  for path, p, m in zip(tree_utils.path_names(params), jax.tree.leaves(params),
+                        jax.tree.leaves(state.masks)):
+    want = ((-(-int(np.size(p)) // 8),) if packed else np.shape(p)) if np.ndim(m) else ()
+    if np.shape(m) != want:
+      raise ValueError(f"The optimizer state was built for other params: its mask of leaf "
+                       f"'{path}' has shape {np.shape(m)}, the leaf has shape {np.shape(p)}.")
+
+
 def prune(inner: optax.GradientTransformation, schedule: Schedule,
           criterion: str | scores.Criterion = "magnitude", *,
           rules: groups.Rules | None = None,
@@ -193,6 +208,7 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
       raise ValueError("impjax.transforms.prune needs params: call update(grads, state, params).")
     tree_utils.check_same_structure(params, updates, names=("params", "gradients"))
     tree_utils.check_finite(updates, what="gradients")
+    _check_state_fits(state, params, pack)
     the_plan = groups.plan(params, rules)
     finite = tree_utils.all_finite(updates)
     previous_masks = unpack_masks(state.masks, params)

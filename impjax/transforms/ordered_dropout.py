@@ -50,8 +50,8 @@ from impjax.transforms import masking
 FJORD_WIDTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 ORDER_RULES: groups.Rules = (
-    (r"(^|/)head/", groups.DENSE),
-    (r"(^|/)(kernel|bias)$", groups.neurons(-1)),
+    groups.optional(r"(^|/)head/", groups.DENSE),
+    groups.optional(r"(^|/)(kernel|bias)$", groups.neurons(-1)),
 )
 """Order the output units of every kernel/bias except the classifier ``head``."""
 
