@@ -3,7 +3,6 @@ checked under jit does what its docstring says."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
