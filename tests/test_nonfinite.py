@@ -124,3 +124,35 @@ def test_job_with_some_nan_inputs_skips_them_and_reaches_the_schedule(tmp_path, 
   assert summary["skipped_nonfinite_steps"] > 0
   assert summary["final_sparsity"] == pytest.approx(0.9, abs=1e-6)
   assert summary["final_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("rest", ["train", "frozen"])
+def test_layer_sampling_skips_a_nonfinite_step_entirely(rest):
+  rng = np.random.default_rng(0)
+  params = {"blocks": {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)},
+            "head": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  block = lambda layer, h: jnp.tanh(h * layer["w"])
+  loss = lambda p, x, run: jnp.sum((run(x) * p["head"]) ** 2)
+  sampling = ij.transforms.layer_sampling(loss, block, optax.adam(1e-2),
+                                          ij.transforms.lisa(4, gamma=2, period=2), rest=rest)
+  step = jax.jit(sampling.step)
+  xs = [jnp.asarray(rng.normal(size=3), jnp.float32) for _ in range(5)]
+  poisoned = xs[:2] + [xs[2].at[0].set(jnp.nan)] + xs[2:]
+
+  def run(inputs):
+    state = sampling.init(params, jax.random.key(0))
+    for x in inputs:
+      state, _ = step(state, x)
+    return state
+
+  got, want = run(poisoned), run(xs)
+  assert int(got.skipped_nonfinite) == 1 and int(want.skipped_nonfinite) == 0
+  assert int(got.count) == int(want.count) == 5
+  def values(state):  # every array of the state but the skip counter, keys as their data
+    rest = (state.params, state.opt_state, state.layer_opt_state, state.count,
+            state.sampler_state.count, state.sampler_state.idx,
+            jax.random.key_data(state.sampler_state.key))
+    return [np.asarray(x) for x in jax.tree.leaves(rest)]
+
+  for a, b in zip(values(got), values(want)):
+    np.testing.assert_array_equal(a, b)

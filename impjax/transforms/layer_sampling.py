@@ -75,12 +75,15 @@ class LayerSamplingState(NamedTuple):
     layer_opt_state: per-layer optimizer states (leading axis: ``gamma`` active layers, or
       all layers with ``optimizer_state="all"``).
     sampler_state: the sampler's state; ``sampler_state.idx`` are the active layers.
+    skipped_nonfinite: steps whose gradients were not all finite and so changed nothing else
+      in this state, ``count`` included (int32).
   """
   count: jax.Array
   params: tree_utils.Params
   opt_state: Any
   layer_opt_state: Any
   sampler_state: Any
+  skipped_nonfinite: jax.Array
 
 
 class LayerSampling(NamedTuple):
@@ -133,7 +136,8 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
     return LayerSamplingState(count=jnp.zeros((), jnp.int32), params=params,
                               opt_state=tx.init(rest) if train_rest else (),
                               layer_opt_state=jax.vmap(tx.init)(per_layer),
-                              sampler_state=sampler_state)
+                              sampler_state=sampler_state,
+                              skipped_nonfinite=jnp.zeros((), jnp.int32))
 
   def step(state, *args, **kwargs):
     rest, stack = split(state.params)
@@ -172,7 +176,12 @@ def layer_sampling(loss_fn: Callable[..., Any], block_fn: layer_stack.BlockFn,
       fresh = jax.vmap(tx.init)(layer_stack.gather(stack, sampler_state.idx))
       layer_opt_state = jax.tree.map(lambda f, o: jnp.where(changed, f, o), fresh, layer_opt)
     metrics = {"loss": loss} if aux is None else {"loss": loss, "aux": aux}
-    return LayerSamplingState(state.count + 1, tree_utils.set_path(rest, layers, stack),
-                              opt_state, layer_opt_state, sampler_state), metrics
+    new = LayerSamplingState(state.count + 1, tree_utils.set_path(rest, layers, stack),
+                             opt_state, layer_opt_state, sampler_state, state.skipped_nonfinite)
+    # A step with non-finite gradients applies nothing: the whole state stays as it was.
+    finite = tree_utils.all_finite((g_rest, g_active) if train_rest else g_active)
+    kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    return kept._replace(skipped_nonfinite=state.skipped_nonfinite
+                         + jnp.logical_not(finite).astype(jnp.int32)), metrics
 
   return LayerSampling(init, step)
