@@ -1,5 +1,5 @@
-"""Shared fixtures: small parameter trees (a tiny CNN + MLP) with seeded random values, and
-small impjax models."""
+"""Fixtures and hooks: a per-session data directory, seeded parameter and gradient trees, and
+the ``slow`` marks that the test files cannot carry themselves (helpers: tests/helpers.py)."""
 
 import atexit
 import functools
@@ -13,38 +13,44 @@ import tempfile
 os.environ["IMPJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="impjax_test_data_")
 atexit.register(functools.partial(shutil.rmtree, os.environ["IMPJAX_DATA_DIR"], True))
 
-from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from impjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import random_tree  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-SHAPES = {
-    "conv": {"kernel": (3, 3, 1, 8), "bias": (8,)},
-    "dense1": {"kernel": (32, 16), "bias": (16,)},
-    "dense2": {"kernel": (16, 10), "bias": (10,)},
-}
-
-
-def random_tree(seed, shapes=None, dtype=np.float32):
-  """A tree like ``shapes`` with standard normal values (a fresh generator per seed)."""
-  rng = np.random.default_rng(seed)
-  shapes = SHAPES if shapes is None else shapes
-
-  def build(node):
-    if isinstance(node, dict):
-      return {k: build(v) for k, v in sorted(node.items())}
-    return jnp.asarray(rng.standard_normal(node).astype(dtype))
-  return build(shapes)
+# Slow items marked here, by file (relative to the repository root): every test of these files,
+# and the doctests (``--doctest-modules``) that load the pretrained MiniLM or run the main job.
+SLOW_FILES = ("tests/test_notebooks.py",)
+SLOW_DOCTESTS = (
+    "impjax.models.minilm.loading",  # the module docstring loads the pretrained model
+    "impjax.models.minilm.loading.load",
+    "impjax.models.minilm.loading.load_pretrained",
+    "impjax.models.minilm.loading.tokenize",
+    "impjax.models.minilm.loading.token_batches",
+    "impjax.models.minilm.loading.embed_texts",
+    "launch.train",  # the module docstring runs the main job
+)
 
 
-def to_numpy(tree):
-  """Nested dict of numpy float64 copies (references are computed in float64)."""
-  if isinstance(tree, dict):
-    return {k: to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree, dtype=np.float64)
+def pytest_configure(config):
+  """Compiled XLA programs persist in pytest's cache directory (``.pytest_cache``) between runs,
+  shared by the xdist workers: a later run loads the same executables instead of compiling them
+  again (several times faster on CPU). ``--cache-clear`` or ``-p no:cacheprovider`` runs cold;
+  subprocesses (launch/main.py, the notebooks, the 8-device run) never use it."""
+  cache = getattr(config, "cache", None)
+  if cache is not None:
+    jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax_compilation_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    path = item.path.relative_to(config.rootpath) if item.path.is_relative_to(
+        config.rootpath) else item.path
+    if path.as_posix() in SLOW_FILES or (isinstance(item, pytest.DoctestItem)
+                                         and item.name in SLOW_DOCTESTS):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -55,19 +61,3 @@ def params():
 @pytest.fixture
 def grads():
   return random_tree(1)
-
-
-def build(cls, *args):
-  """``(graphdef, params)`` of ``cls(*args)``, initialized in one jitted call (fast to compile)."""
-  make = lambda: cls(*args, rngs=nnx.Rngs(0))
-  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make(), nnx.Param)))()
-  return nnx.graphdef(nnx.eval_shape(make)), params
-
-
-def mlp_with_bits(in_features, hidden, num_classes, hidden_bits, head_bits):
-  """``(graphdef, params, bits)`` of a one-hidden-layer ``models.MLP``; ``bits`` quantizes its
-  two kernels and leaves the biases float (``None``)."""
-  graphdef, params = build(models.MLP, in_features, (hidden,), num_classes)
-  bits = jax.tree.map(lambda _: None, params)
-  bits["hidden"][0]["kernel"], bits["head"]["kernel"] = hidden_bits, head_bits
-  return graphdef, params, bits

@@ -17,8 +17,11 @@ import optax
 import pytest
 
 import impjax as ij
+from tests.helpers import random_tree
 
 N_DEV = 8
+SHAPES = {"a": {"kernel": (64, 24)}, "b": {"kernel": (16, 40)}, "c": {"kernel": (128, 8)},
+          "c_bias": {"bias": (8,)}}
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +31,12 @@ def mesh():
   return jax.sharding.Mesh(np.array(jax.devices()), ("d",))
 
 
+def _ties(rng, shape):
+  return rng.integers(-4, 5, size=shape)
+
+
 def tree(seed, ties=False):
-  rng = np.random.default_rng(seed)
-  shapes = {"a": {"kernel": (64, 24)}, "b": {"kernel": (16, 40)}, "c": {"kernel": (128, 8)},
-            "c_bias": {"bias": (8,)}}
-  def leaf(shape):
-    values = rng.integers(-4, 5, size=shape) if ties else rng.standard_normal(shape)
-    return jnp.asarray(values, jnp.float32)
-  return jax.tree.map(leaf, shapes, is_leaf=lambda x: isinstance(x, tuple))
+  return random_tree(seed, SHAPES, sample=_ties if ties else None)
 
 
 def shard_rows(x, mesh):

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 
 from impjax import scores
+from tests.helpers import eager_and_jit
 
-
-def both(fn, *args):
-  """``fn(*args)`` eagerly and under ``jax.jit``; asserts they agree and returns the eager one."""
-  eager = fn(*args)
-  jitted = jax.jit(fn)(*args)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), eager, jitted)
-  return eager
+TOL = dict(rtol=1e-6, atol=1e-7)  # eager against jitted
 
 
 @pytest.fixture
@@ -26,7 +21,7 @@ def acts():
 
 def test_token_sums_and_means(acts):
   a, mask = acts
-  got = both(lambda a, m: scores.means(scores.token_sums(a, m)), a, mask)
+  got = eager_and_jit(lambda a, m: scores.means(scores.token_sums(a, m)), a, mask, **TOL)
   rows = [a[b, t] for b in range(3) for t in range(5) if mask[b, t]]
   rows = np.array(rows, np.float64)
   np.testing.assert_allclose(got["abs"], np.abs(rows).mean(0), rtol=1e-5)
@@ -36,7 +31,7 @@ def test_token_sums_and_means(acts):
 
 def test_token_gram(acts):
   a, mask = acts
-  got = both(scores.token_gram, a, mask)
+  got = eager_and_jit(scores.token_gram, a, mask, **TOL)
   expected = np.zeros((4, 4))
   for b in range(3):
     for t in range(5):
@@ -49,7 +44,8 @@ def test_token_gram(acts):
 def test_block_influence(acts):
   a, mask = acts
   b_out = a + np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)
-  got = both(lambda x, y, m: scores.means(scores.block_influence_sums(x, y, m)), a, b_out, mask)
+  got = eager_and_jit(lambda x, y, m: scores.means(scores.block_influence_sums(x, y, m)),
+                      a, b_out, mask, **TOL)
   values = [1 - a[i, t] @ b_out[i, t] / np.linalg.norm(a[i, t]) / np.linalg.norm(b_out[i, t])
             for i in range(3) for t in range(5) if mask[i, t]]
   np.testing.assert_allclose(got["influence"], np.mean(values), rtol=1e-5)
@@ -70,7 +66,7 @@ def test_wanda_formula_and_errors():
   rng = np.random.default_rng(2)
   w = rng.standard_normal((6, 3)).astype(np.float32)
   norms = rng.random(6).astype(np.float32)
-  got = both(scores.wanda, {"d": {"kernel": w}}, {"d": {"kernel": norms}})
+  got = eager_and_jit(scores.wanda, {"d": {"kernel": w}}, {"d": {"kernel": norms}}, **TOL)
   expected = np.array([[abs(w[i, j]) * norms[i] for j in range(3)] for i in range(6)])
   np.testing.assert_allclose(got["d"]["kernel"], expected, rtol=1e-6)
   with pytest.raises(ValueError, match="d/kernel"):
@@ -81,7 +77,7 @@ def test_wina_formula_and_errors():
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 5, 6)).astype(np.float32)
   w = rng.standard_normal((6, 3)).astype(np.float32)
-  got = both(scores.wina, x, w)
+  got = eager_and_jit(scores.wina, x, w, **TOL)
   expected = np.abs(x) * np.array([np.sqrt(np.sum(w[i] ** 2)) for i in range(6)])
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   with pytest.raises(ValueError, match="wina"):
@@ -94,7 +90,7 @@ def test_attention_received():
   mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
   logits = np.where(mask[:, None, None, :] > 0, logits, -np.inf)
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  got = both(scores.attention_received, probs.astype(np.float32), mask)
+  got = eager_and_jit(scores.attention_received, probs.astype(np.float32), mask, **TOL)
   expected = np.zeros((2, 4))
   for b in range(2):
     queries = [q for q in range(4) if mask[b, q]]
@@ -112,7 +108,8 @@ def test_gate_taylor_is_sum_over_tokens_of_activation_times_gradient():
   target = jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)
   loss_of_h = lambda h: jnp.sum((h.sum(-1) - target) ** 2 * jnp.arange(1.0, 8.0))
   loss_of_gates = lambda g: loss_of_h(h * g["units"][:, None, :])
-  got = both(lambda g: scores.gate_taylor(loss_of_gates, g), {"units": jnp.ones((3, 4))})
+  got = eager_and_jit(lambda g: scores.gate_taylor(loss_of_gates, g), {"units": jnp.ones((3, 4))},
+                      **TOL)
   grad_h = jax.grad(loss_of_h)(h)
   expected = np.mean(np.abs(np.sum(np.asarray(h) * np.asarray(grad_h), axis=1)), axis=0)
   np.testing.assert_allclose(got["units"], expected, rtol=1e-5)
@@ -120,7 +117,7 @@ def test_gate_taylor_is_sum_over_tokens_of_activation_times_gradient():
 
 def test_entropy_loss_formula():
   z = np.random.default_rng(6).standard_normal((5, 3))
-  got = both(scores.entropy_loss, jnp.asarray(z, jnp.float32))
+  got = eager_and_jit(scores.entropy_loss, jnp.asarray(z, jnp.float32), **TOL)
   zn = z / np.linalg.norm(z, axis=1, keepdims=True)
   logits = 15 * zn @ zn.T
   p = np.exp(logits - logits.max(1, keepdims=True))

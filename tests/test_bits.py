@@ -3,14 +3,13 @@ tree helpers; budgets; errors naming leaves."""
 
 import itertools
 
-import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from impjax import groups
 from impjax import select
+from tests.helpers import eager_and_jit
 
 
 def random_instance(seed, units=5, choices=(2, 3, 4)):
@@ -36,9 +35,7 @@ def test_knapsack_is_optimal_against_brute_force(seed):
   table, costs, sizes = random_instance(seed)
   for avg in (2.0, 2.5, 3.1, 4.0)[seed::2] + (3.4,):
     budget = int(np.floor(avg * sizes.sum()))
-    eager = select.knapsack(table, costs, budget)
-    jitted = jax.jit(lambda t, budget=budget: select.knapsack(t, costs, budget))(table)
-    chex.assert_trees_all_equal(eager, jitted)
+    eager = eager_and_jit(lambda t, budget=budget: select.knapsack(t, costs, budget), table)
     rows = np.arange(len(sizes))
     chosen = np.asarray(eager)
     assert costs[rows, chosen].sum() <= budget
@@ -69,9 +66,7 @@ def test_greedy_matches_reference_loop(seed):
   table, costs, sizes = random_instance(seed, units=6)
   for avg in (2.0, 2.7, 3.5, 4.0)[seed::2] + (3.2,):
     budget = int(np.floor(avg * sizes.sum()))
-    eager = select.greedy(table, costs, budget)
-    jitted = jax.jit(lambda t, budget=budget: select.greedy(t, costs, budget))(table)
-    chex.assert_trees_all_equal(eager, jitted)
+    eager = eager_and_jit(lambda t, budget=budget: select.greedy(t, costs, budget), table)
     np.testing.assert_array_equal(eager, np_greedy(table, costs, budget))
 
 
@@ -100,9 +95,7 @@ def test_lowering_matches_reference_and_meets_the_average():
   importance = rng.random(20).astype(np.float32)
   importance[[3, 7]] = importance[5]  # ties: the earlier unit drops first
   for low, high, avg in ((2, 4, 3.0), (3, 5, 4.4), (2, 8, 2.0), (4, 6, 6.0)):
-    eager = select.lowering(importance, sizes, low, high, avg)
-    jitted = jax.jit(lambda i, a=(low, high, avg): select.lowering(i, sizes, *a))(importance)
-    chex.assert_trees_all_equal(eager, jitted)
+    eager = eager_and_jit(lambda i, a=(low, high, avg): select.lowering(i, sizes, *a), importance)
     np.testing.assert_array_equal(eager, np_lowering(importance, sizes, low, high, avg))
     bits = np.where(np.asarray(eager) == 1, high, low)
     assert (bits * sizes).sum() <= avg * sizes.sum()
@@ -191,9 +184,7 @@ def test_salient_channels_and_average_bits():
   imp = {"a": {"kernel": jnp.asarray(rng.random((8, 3)), jnp.float32), "bias": jnp.ones(3)},
          "b": {"kernel": jnp.asarray(rng.random((2, 2)), jnp.float32), "bias": jnp.ones(2)}}
   plan = groups.plan(imp, [("kernel", groups.element())])
-  eager = select.salient_channels(imp, plan, 0.25)
-  jitted = jax.jit(lambda t: select.salient_channels(t, plan, 0.25))(imp)
-  chex.assert_trees_all_equal(eager, jitted)
+  eager = eager_and_jit(lambda t: select.salient_channels(t, plan, 0.25), imp)
   rows = np.asarray(imp["a"]["kernel"]).sum(1)
   want = np.zeros(8, bool)
   want[np.argsort(-rows)[:2]] = True

@@ -10,17 +10,18 @@ import pytest
 from impjax import groups
 from impjax import scores
 from impjax import select
+from tests.helpers import eager_and_jit, random_tree
 
 LAYERS = ("0", "1", "2", "10")  # "layers/1" must not claim "layers/10/..."
 
 
 def make_params():
-  rng = np.random.default_rng(0)
-  layer = lambda: {"query": {"kernel": rng.standard_normal((4, 4)), "bias": np.zeros(4)},
-                   "mlp": {"kernel": rng.standard_normal((4, 6))}}
-  tree = {"embed": {"embedding": rng.standard_normal((10, 4))},
-          "layers": {name: layer() for name in LAYERS}}
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  tree = random_tree(0, {"embed": {"embedding": (10, 4)},
+                         "layers": {name: {"query": {"kernel": (4, 4)}, "mlp": {"kernel": (4, 6)}}
+                                    for name in LAYERS}})
+  for name in LAYERS:
+    tree["layers"][name]["query"]["bias"] = jnp.zeros(4, jnp.float32)
+  return tree
 
 
 PARAMS = make_params()
@@ -70,14 +71,14 @@ def test_block_influence_lowering_matches_numpy_reference():
   lowered = sorted(LAYERS, key=want_bi.get)[:2]
   bits_of = lambda s: select.order_bits(select.layer_importance(s, PARAMS, PLAN), PARAMS, PLAN,
                                         2, 4, 3.0)
-  for bits in (bits_of(influence), jax.jit(bits_of)(influence)):
-    for name in LAYERS:
-      want = 2 if name in lowered else 4
-      layer = bits["layers"][name]
-      assert int(layer["query"]["kernel"]) == want
-      np.testing.assert_array_equal(np.asarray(layer["mlp"]["kernel"]), np.full((1, 6), want))
-      assert layer["query"]["bias"] is None
-    assert select.average_bits(bits, PARAMS) == 3.0
+  bits = eager_and_jit(bits_of, influence)
+  for name in LAYERS:
+    want = 2 if name in lowered else 4
+    layer = bits["layers"][name]
+    assert int(layer["query"]["kernel"]) == want
+    np.testing.assert_array_equal(np.asarray(layer["mlp"]["kernel"]), np.full((1, 6), want))
+    assert layer["query"]["bias"] is None
+  assert select.average_bits(bits, PARAMS) == 3.0
 
 
 def test_layer_importance_errors_name_leaves_and_layers():

@@ -78,6 +78,7 @@ class Observer:
     return isinstance(other, Observer) and other.graphdef == self.graphdef
 
 
+@pytest.mark.slow  # over ~10 s
 def test_statistics_equal_in_one_batch_many_batches_and_across_devices():
   model, ids, mask = model_and_data()
   graphdef, state = nnx.split(model)

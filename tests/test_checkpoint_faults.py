@@ -80,6 +80,7 @@ def _delete_metadata(step_dir):
   os.remove(os.path.join(step_dir, "meta", "metadata"))
 
 
+@pytest.mark.slow  # runs the main job (and the module's `runs` fixture: two more runs)
 @pytest.mark.parametrize("damage", [_truncate, _delete, _flip_bytes, _delete_metadata],
                          ids=["truncated", "deleted", "flipped-64-bytes", "metadata-deleted"])
 def test_damaged_latest_checkpoint_is_skipped_and_the_run_ends_equal(runs, damage, tmp_path,
@@ -97,6 +98,7 @@ def test_damaged_latest_checkpoint_is_skipped_and_the_run_ends_equal(runs, damag
     np.testing.assert_array_equal(a, b)  # bitwise: resumed from 40, as if never interrupted
 
 
+@pytest.mark.slow
 def test_a_save_killed_before_it_finished_is_not_a_checkpoint(runs, tmp_path):
   """A kill during a save leaves orbax's temporary directory, never a step: resume from 60."""
   whole, halted = runs
@@ -111,6 +113,7 @@ def test_a_save_killed_before_it_finished_is_not_a_checkpoint(runs, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # the `runs` fixture
 def test_when_every_checkpoint_is_damaged_the_run_refuses_and_keeps_them(runs, tmp_path):
   _, halted = runs
   workdir = str(tmp_path / "run")

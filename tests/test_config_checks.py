@@ -88,6 +88,7 @@ def test_the_shipped_configs_pass():
     config_checks.check_config(default.get_config(arg), train.MODELS)
 
 
+@pytest.mark.slow  # a subprocess: launch/main.py
 def test_launcher_exits_nonzero_naming_the_field(tmp_path):
   cmd = [sys.executable, os.path.join(REPO, "launch", "main.py"),
          f"--config={os.path.join(REPO, 'configs', 'digits_mlp.py')}:quick",

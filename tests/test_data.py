@@ -49,6 +49,7 @@ def test_split_sizes(data_dir):
   assert abs(n_test / 1797 - 0.2) < 0.005
 
 
+@pytest.mark.slow  # a subprocess
 def test_reads_back_in_fresh_process(data_dir, tmp_path):
   out = tmp_path / "test.npz"
   code = ("import sys, numpy as np; from impjax.data import load_split; "

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_tree, to_numpy
 from impjax import estimators, scores
+from tests.helpers import random_tree, to_numpy
 
 STEPS = 5
 

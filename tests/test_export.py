@@ -9,12 +9,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conftest import mlp_with_bits
 from impjax import groups
 from impjax import quantization
 from impjax import select
 from impjax import transforms
 from impjax.quantization import Scheme
+from tests.helpers import mlp_with_bits
 
 
 def test_pack_int4_matches_nibble_formula_and_round_trips():

@@ -214,6 +214,7 @@ QWIX_CASES = [(qtype, bits, sym) for qtype, bits in
 QWIX_LAYOUTS = [((), None, None), ((1,), None, None), ((1,), {0: 16}, 16), ((), {0: 8}, 8)]
 
 
+@pytest.mark.slow  # over ~10 s
 def test_equals_qwix_for_shared_schemes():
   """qwix's fake quantization (quantize then dequantize, jitted) equals ours with
   ``convention="qwix"`` bit for bit: int2..int8 symmetric, int4/int8 asymmetric (qwix's only

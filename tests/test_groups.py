@@ -3,15 +3,14 @@
 import functools
 import itertools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_tree
 from impjax import groups
 from impjax import tree_utils
+from tests.helpers import eager_and_jit, random_tree
 
 HOW = {"sum": np.sum, "mean": np.mean, "max": np.max, "l2": lambda v: np.sqrt(np.sum(v**2))}
 
@@ -24,8 +23,7 @@ def _reduce_all(x, g):
   """reduce_leaf with every reduction, eager and jitted (one compile); returns eager."""
   def all_hows(x):
     return {how: groups.reduce_leaf(x, g, how) for how in HOW}
-  eager = all_hows(x)
-  chex.assert_trees_all_close(eager, jax.jit(all_hows)(x), rtol=1e-6, atol=1e-6)
+  eager = eager_and_jit(all_hows, x, rtol=1e-6, atol=1e-6)
   return {how: np.asarray(v) for how, v in eager.items()}
 
 
@@ -129,9 +127,7 @@ def test_expand_leaf_inverts_reduce(g):
   gm = np.random.default_rng(5).random(n) < 0.5
   if n > 1:
     gm[0], gm[1] = True, False  # both values present
-  eager = groups.expand_leaf(jnp.asarray(gm), g, shape)
-  jitted = jax.jit(functools.partial(groups.expand_leaf, g=g, shape=shape))(jnp.asarray(gm))
-  chex.assert_trees_all_equal(eager, jitted)
+  eager = eager_and_jit(functools.partial(groups.expand_leaf, g=g, shape=shape), jnp.asarray(gm))
   assert eager.dtype == jnp.bool_
   if g.kind == "dense":
     assert eager.shape == ()
@@ -148,13 +144,13 @@ def test_expand_leaf_inverts_reduce(g):
 
 
 def _mixed_params():
-  shapes = {
-      "conv": {"kernel": (3, 3, 1, 8), "bias": (8,)},
-      "norm": {"scale": (8,), "bias": (8,)},
+  shapes = {  # keys sorted: the order of the draws
+      "conv": {"bias": (8,), "kernel": (3, 3, 1, 8)},
+      "dense1": {"bias": (16,), "kernel": (32, 16)},
+      "dense2": {"bias": (10,), "kernel": (16, 10)},
       "embed": {"embedding": (20, 8)},
-      "dense1": {"kernel": (32, 16), "bias": (16,)},
-      "dense2": {"kernel": (16, 10), "bias": (10,)},
-      "head": {"w": (10, 4), "kernel_init_scale": ()},
+      "head": {"kernel_init_scale": (), "w": (10, 4)},
+      "norm": {"bias": (8,), "scale": (8,)},
       "pos_embeddings": (5, 8),
   }
   return random_tree(3, shapes)
@@ -265,9 +261,7 @@ def test_normalize(how):
   tree = {"a": jnp.asarray(rng.random(12), jnp.float32),
           "b": jnp.asarray(rng.integers(0, 4, 12), jnp.float32),  # ties and zeros
           "c": jnp.zeros((0,), jnp.float32)}
-  eager = groups.normalize(tree, how)
-  jitted = jax.jit(functools.partial(groups.normalize, how=how))(tree)
-  chex.assert_trees_all_close(eager, jitted, rtol=1e-6, atol=1e-7)
+  eager = eager_and_jit(functools.partial(groups.normalize, how=how), tree, rtol=1e-6, atol=1e-7)
   ref_fn = {"none": lambda s: s, "l2": lambda s: s / np.linalg.norm(s),
             "max": lambda s: s / np.max(np.abs(s)), "lamp": _lamp_ref}[how]
   for key in "ab":

@@ -10,6 +10,7 @@ import pytest
 
 from impjax import groups
 from impjax import scores
+from tests.helpers import eager_and_jit
 
 RNG = np.random.default_rng(0)
 A = RNG.standard_normal((6, 6)).astype(np.float32)
@@ -51,10 +52,9 @@ def test_hutchinson_probe_is_z_times_hz_with_documented_keys():
   keys = jax.random.split(key, 4)
   probes = [flat(scores.rademacher_like(k, PARAMS)) for k in keys]
   want = np.mean([z * (A @ z) for z in probes], axis=0)
-  eager = scores.hutchinson(quadratic, PARAMS, key, num_probes=4)
-  jitted = jax.jit(lambda p, k: scores.hutchinson(quadratic, p, k, num_probes=4))(PARAMS, key)
+  eager = eager_and_jit(lambda p, k: scores.hutchinson(quadratic, p, k, num_probes=4), PARAMS, key,
+                        rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(flat(eager), want, rtol=1e-5, atol=1e-4)
-  chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
 
 def test_hutchinson_is_unbiased_for_the_diagonal():
@@ -105,8 +105,7 @@ def test_hawq_matches_formula(unit):
           for _ in range(3)]
   plan = groups.plan(h, [("k", unit)])
   fn = lambda hd, es: scores.hawq(hd, es, plan)
-  eager, jitted = fn(h, errs), jax.jit(fn)(h, errs)
-  chex.assert_trees_all_close(eager, jitted, rtol=1e-6)
+  eager = eager_and_jit(fn, h, errs, rtol=1e-6)
   axis = None if unit.kind == "leaf" else unit.axis
   np.testing.assert_allclose(eager["k"], np_hawq(h["k"], [e["k"] for e in errs], axis),
                              rtol=1e-5)

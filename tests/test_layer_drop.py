@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import build
 import impjax as ij
 from impjax import slicing
 from impjax.transforms.layer_drop import (every_other, layer_drop_keep, layer_drop_probs,
                                           most_important)
 from impjax.transforms import layer_stack
+from tests.helpers import build
 
 DEPTH = 5
 
@@ -55,6 +55,7 @@ def test_keep_rates_and_reproducibility():
   np.testing.assert_array_equal(layer_drop_keep(keys[5], probs), keep[5])
 
 
+@pytest.mark.slow  # over ~10 s
 def test_run_layers_skips_like_numpy_and_like_depth_slicing(model):
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   block = ij.models.block_fn(model)
@@ -82,6 +83,7 @@ def test_run_layers_skips_like_numpy_and_like_depth_slicing(model):
       ij.transforms.run_layers, block, params["blocks"])), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_layer_drop_loss_skips_sampled_layers_and_never_retraces(model):
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)

@@ -12,11 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import build
 import impjax as ij
 from impjax import metrics
 from impjax.transforms import layer_stack
 from impjax.transforms import layer_samplers
+from tests.helpers import build
 
 DEPTH = 6
 
@@ -34,6 +34,7 @@ def setup():
   return params, ij.models.block_fn(nnx.merge(graphdef, params)), loss, batch
 
 
+@pytest.mark.slow  # over ~10 s
 def test_run_sampled_equals_full_stack_and_its_gradient(setup):
   params, block, _, batch = setup
   layers = params["blocks"]
@@ -126,6 +127,7 @@ def test_ist_learns_which_layer_matters():
   assert np.argmax(late) == 2, late
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rest", ["train", "frozen"])
 def test_every_layer_active_equals_full_fine_tuning(setup, rest):
   """Every layer active equals full fine-tuning; with ``rest="frozen"``, full fine-tuning with
@@ -188,6 +190,7 @@ def test_lisa_step_trains_only_active_layers_and_never_retraces(setup):
   assert len(set(active_sets)) > 1
 
 
+@pytest.mark.slow
 def test_all_mode_keeps_every_layers_state_and_ist_learns_in_the_step(setup):
   params, block, loss, batch = setup
   ls = ij.transforms.layer_sampling(loss, block, optax.adam(1e-2),
@@ -275,6 +278,7 @@ def test_stack_layers_round_trips_and_names_bad_layers():
     ij.transforms.stack_layers({0: layers[0], 2: layers[1]})
 
 
+@pytest.mark.slow
 def test_lisa_on_minilm_matches_hand_written_adamw_on_the_full_gradient(minilm_setup):
   """LISA on a MiniLM (layers of an ``nnx.List``, stacked): one step equals AdamW applied by
   hand to the embeddings and the sampled layer with the gradient of MiniLM's own forward

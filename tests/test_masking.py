@@ -15,22 +15,19 @@ import pytest
 
 import impjax as ij
 from impjax.transforms import masking
+from tests.helpers import random_tree
+
+SHAPES = {"conv": {"kernel": (3, 3, 2, 8), "bias": (8,)},
+          "dense": {"kernel": (16, 12), "bias": (12,)},
+          "head": {"kernel": (12, 4)}}
 
 
 def make_params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-      "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 8)), jnp.float32),
-               "bias": jnp.asarray(rng.normal(size=8), jnp.float32)},
-      "dense": {"kernel": jnp.asarray(rng.normal(size=(16, 12)), jnp.float32),
-                "bias": jnp.asarray(rng.normal(size=12), jnp.float32)},
-      "head": {"kernel": jnp.asarray(rng.normal(size=(12, 4)), jnp.float32)},
-  }
+  return random_tree(seed, SHAPES)
 
 
 def random_grads(params, seed):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  return random_tree(seed, jax.tree.map(np.shape, params))
 
 
 KERNELS = ("conv/kernel", "dense/kernel", "head/kernel")
@@ -85,6 +82,7 @@ def test_pruned_weights_stay_exactly_zero_and_count_is_exact(inner):
   assert pruned == int(np.floor(0.8 * n + 0.5))
 
 
+@pytest.mark.slow  # over ~10 s: eager updates
 def test_eager_and_jit_updates_agree():
   params = make_params()
   tx = ij.transforms.prune(optax.adam(1e-2), ij.schedules.one_shot(0.6, step=1), "taylor")
@@ -220,6 +218,7 @@ def _digits_batch():
       rng.integers(0, 10, 32))
 
 
+@pytest.mark.slow  # over ~10 s
 def test_nnx_optimizer_train_step_unchanged():
   x, y = _digits_batch()
   model = ij.models.MLP(64, (32,), 10, rngs=nnx.Rngs(0))

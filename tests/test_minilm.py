@@ -80,6 +80,7 @@ def params_of(model):
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # the pretrained MiniLM
 def test_tokenizer_matches_reference(pretrained):
   _, tok = pretrained
   ref = np.load(FIXTURE)
@@ -90,6 +91,7 @@ def test_tokenizer_matches_reference(pretrained):
   assert not batch["mask"][:, width:].any()
 
 
+@pytest.mark.slow
 def test_embeddings_match_torch_reference(pretrained):
   model, tok = pretrained
   ref = np.load(FIXTURE)
@@ -97,6 +99,7 @@ def test_embeddings_match_torch_reference(pretrained):
   assert np.abs(emb - ref["embeddings"]).max() <= 1e-4
 
 
+@pytest.mark.slow  # over ~10 s
 def test_tiny_forward_matches_numpy_eager_and_jit():
   model = tiny_model()
   ids, mask = tiny_batch()
@@ -129,6 +132,7 @@ def test_padding_does_not_change_embeddings():
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_load_local_checkpoint_directory(tmp_path, pretrained):
   """A BERT-family checkpoint in torch layout, written with safetensors, loads back exactly."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
@@ -195,6 +199,7 @@ def test_config_from_params_reads_widths():
       max_position=12)) == TINY
 
 
+@pytest.mark.slow
 def test_encoder_flops_dense_formula(pretrained):
   model, _ = pretrained
   tokens, d, inner = 20, 384, 1536
@@ -217,6 +222,7 @@ def test_text_splits_are_disjoint_and_deterministic():
     text.sentences("test")
 
 
+@pytest.mark.slow  # over ~10 s
 def test_docstring_splits_hold_docstrings_read_at_run_time_and_no_reference_text():
   cal, ev = (text.sentences(split, source="docstrings") for split in text.SPLITS)
   assert len(cal) > 5000 and len(ev) > 5000

@@ -10,6 +10,7 @@ import sys
 import chex
 from flax import nnx
 import numpy as np
+import pytest
 
 from impjax import checkpoint
 from configs import default
@@ -55,6 +56,7 @@ def _restore_final(workdir):
   return restored
 
 
+@pytest.mark.slow  # three launch/main.py subprocesses
 def test_two_processes_equal_one(tmp_path):
   single, multi = tmp_path / "single", tmp_path / "multi"
   port = _free_port()

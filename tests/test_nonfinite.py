@@ -111,6 +111,7 @@ def _poison_training_images(monkeypatch, every):
   monkeypatch.setattr(train.data_lib, "load_split", poisoned)
 
 
+@pytest.mark.slow  # runs the main job
 def test_job_with_nan_inputs_stops_without_a_summary(tmp_path, monkeypatch):
   _poison_training_images(monkeypatch, every=1)
   with pytest.raises(train.NonFiniteRun, match=r"config.max_nonfinite_steps=10"):
@@ -118,6 +119,7 @@ def test_job_with_nan_inputs_stops_without_a_summary(tmp_path, monkeypatch):
   assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow  # runs the main job
 def test_job_with_some_nan_inputs_skips_them_and_reaches_the_schedule(tmp_path, monkeypatch):
   _poison_training_images(monkeypatch, every=600)  # about one batch in five has a NaN pixel
   summary = train.train_and_evaluate(_small_config(), str(tmp_path))

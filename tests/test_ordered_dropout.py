@@ -16,23 +16,14 @@ import pytest
 import impjax as ij
 from impjax import slicing
 from impjax.transforms.ordered_dropout import FJORD_WIDTHS
-
-
-def build(cls, *args):
-  """``(graphdef, params)`` of ``cls(*args)``, initialized in one jitted call (fast to compile)."""
-  make = lambda: cls(*args, rngs=nnx.Rngs(0))
-  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make(), nnx.Param)))()
-  return nnx.graphdef(nnx.eval_shape(make)), params
+from tests.helpers import build, random_tree
 
 
 def mlp_params(seed=0, widths=(12, 10, 8, 3)):
-  rng = np.random.default_rng(seed)
-  out = {"hidden": {}, "head": {}}
-  for i, (a, b) in enumerate(zip(widths[:-2], widths[1:-1])):
-    out["hidden"][i] = {"kernel": jnp.asarray(rng.normal(size=(a, b)), jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=b), jnp.float32)}
-  out["head"] = {"kernel": jnp.asarray(rng.normal(size=widths[-2:]), jnp.float32),
-                 "bias": jnp.zeros(widths[-1], jnp.float32)}
+  hidden = {i: {"kernel": (a, b), "bias": (b,)}
+            for i, (a, b) in enumerate(zip(widths[:-2], widths[1:-1]))}
+  out = random_tree(seed, {"hidden": hidden, "head": {"kernel": widths[-2:]}})
+  out["head"]["bias"] = jnp.zeros(widths[-1], jnp.float32)
   return out
 
 
@@ -80,7 +71,7 @@ def test_width_masks_keep_the_best_ranked_prefix_eager_and_jit():
     assert bool(masks["head"]["kernel"]) and np.ndim(masks["head"]["kernel"]) == 0
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_sliced_model_equals_masked_model(kind):
   rng = np.random.default_rng(3)
   if kind == "mlp":

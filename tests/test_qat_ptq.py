@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import mlp_with_bits
 from impjax import groups
 from impjax import quantization
 from impjax import scores
 from impjax.flax import training
 from impjax import transforms
 from impjax.quantization import Scheme
+from tests.helpers import eager_and_jit, mlp_with_bits
 
 SCHEME = Scheme(channel_axes=(-1,))
 
@@ -34,7 +34,7 @@ def test_quantized_value_and_straight_through_gradient():
   # STE: the gradient w.r.t. the float params is the loss gradient at the quantized params.
   chex.assert_trees_all_close(jax.grad(qloss, argnums=1)(2.0, params, x),
                               jax.grad(loss, argnums=1)(2.0, qparams, x), rtol=1e-6)
-  chex.assert_trees_all_equal(jax.jit(qloss)(2.0, params, x), qloss(2.0, params, x))
+  eager_and_jit(qloss, 2.0, params, x)
   with pytest.raises(ValueError, match="positional argument 1"):
     qloss(2.0)
 
@@ -91,9 +91,8 @@ def test_calibrate_clip_minimizes_the_importance_weighted_output_error(scheme):
   gram = scores.means(scores.token_gram(jnp.asarray(x), jnp.asarray(weights)))["gram"]
   np.testing.assert_allclose(gram, (x.T * weights) @ x / weights.sum(), rtol=1e-5)
   ratios = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-  eager = quantization.clip_ratio(jnp.asarray(w), 3, gram, scheme, ratios)
-  jitted = jax.jit(lambda k, g: quantization.clip_ratio(k, 3, g, scheme, ratios))(w, gram)
-  chex.assert_trees_all_equal(eager, jitted)
+  eager = eager_and_jit(lambda k, g: quantization.clip_ratio(k, 3, g, scheme, ratios),
+                        jnp.asarray(w), gram)
   errors = np.stack([np_output_error(w, quantization.fake_quant_array(jnp.asarray(w), 3, scheme, r),
                                      np.asarray(gram)) for r in ratios])
   if scheme.channel_axes:
@@ -134,9 +133,8 @@ def test_squared_errors_and_hawq_table_match_numpy():
     np.testing.assert_array_equal(e["k"], w)
     np.testing.assert_array_equal(e["bias"], 0.0)
   hdiag = {"k": jnp.asarray(rng.random((6, 3)), jnp.float32), "bias": jnp.ones(3)}
-  table = quantization.hawq_table(params, hdiag, choices, plan, SCHEME)
-  jitted = jax.jit(lambda p, h: quantization.hawq_table(p, h, choices, plan, SCHEME))(params, hdiag)
-  chex.assert_trees_all_close(table, jitted, rtol=1e-6)
+  table = eager_and_jit(lambda p, h: quantization.hawq_table(p, h, choices, plan, SCHEME),
+                        params, hdiag, rtol=1e-6)
   h = np.asarray(hdiag["k"], np.float64)
   ref = np.stack([h.sum(0) / 6 * np.asarray(w, np.float64).sum(0) for w in want], axis=1)
   np.testing.assert_allclose(table["k"], ref, rtol=1e-5)

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import impjax as ij
+from tests.helpers import random_tree
 
 
 def _params():
-  rng = np.random.default_rng(0)
-  return {"a": {"kernel": jnp.asarray(rng.standard_normal((12, 6)), jnp.float32),
-                "bias": jnp.zeros(6)},
-          "b": {"kernel": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)}}
+  params = random_tree(0, {"a": {"kernel": (12, 6)}, "b": {"kernel": (6, 4)}})
+  params["a"]["bias"] = jnp.zeros(6)
+  return params
 
 
 def _coupled_importance(p):

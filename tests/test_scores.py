@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_tree, to_numpy
 from impjax import estimators
 from impjax import scores
+from tests.helpers import eager_and_jit, random_tree, to_numpy
 
 
 def assert_tree_matches(tree, expected, rtol=1e-6, atol=1e-6):
@@ -21,19 +21,9 @@ def assert_tree_matches(tree, expected, rtol=1e-6, atol=1e-6):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol)
 
 
-def eager_and_jit(fn, *args, exact=True):
-  """Runs ``fn`` eagerly and jitted and returns the eager result.
-
-  Elementwise scores must be bit-identical; scores with reductions (``exact=False``) may differ
-  by float32 rounding, since XLA fuses and reorders sums under ``jit``.
-  """
-  eager = fn(*args)
-  jitted = jax.jit(fn)(*args)
-  if exact:
-    chex.assert_trees_all_equal(eager, jitted)
-  else:
-    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
-  return eager
+# Elementwise scores must be bit-identical eager and jitted; scores with reductions may differ by
+# float32 rounding, since XLA fuses and reorders sums under ``jit``.
+REDUCED = dict(rtol=1e-5, atol=1e-6)
 
 
 def np_map(fn, *trees):
@@ -136,10 +126,11 @@ def _taylor_group_ref(w, g, axis):
 @pytest.mark.parametrize("axis", [-1, 0, 1, 2])
 def test_taylor_group(axis):
   shapes = {"conv": {"kernel": (3, 3, 2, 4)}, "qkv": {"kernel": (6, 2, 3)}}
-  if axis in (-1, 0):  # every leaf has these axes
-    shapes.update({"dense": {"kernel": (5, 6)}, "bias": (4,), "scalar": ()})
+  if axis in (-1, 0):  # every leaf has these axes (keys sorted: the order of the draws)
+    shapes = {"bias": (4,), "conv": shapes["conv"], "dense": {"kernel": (5, 6)},
+              "qkv": shapes["qkv"], "scalar": ()}
   p, g = random_tree(10, shapes), random_tree(11, shapes)
-  got = eager_and_jit(functools.partial(scores.taylor_group, axis=axis), p, g, exact=False)
+  got = eager_and_jit(functools.partial(scores.taylor_group, axis=axis), p, g, **REDUCED)
   ref = jax.tree.map(lambda w, gg: _taylor_group_ref(w, gg, axis), to_numpy(p), to_numpy(g))
   assert_tree_matches(got, ref, rtol=1e-5, atol=1e-5)
 
@@ -220,7 +211,7 @@ def mlp_setup():
 def test_per_sample_grads_equal_loop(mlp_setup):
   mlp, batch, loop = mlp_setup
   got = eager_and_jit(functools.partial(scores.per_sample_grads, _mlp_loss), mlp, batch,
-                      exact=False)
+                      **REDUCED)
   ref = jax.tree.map(lambda *gs: np.stack(gs), *loop)
   # float32 matmuls batched (vmap) and one at a time round differently: ~1e-6 absolute.
   assert_tree_matches(got, ref, rtol=1e-4, atol=1e-5)
@@ -231,7 +222,7 @@ def test_per_sample_grads_equal_loop(mlp_setup):
 def test_fisher_per_sample_equals_loop(mlp_setup):
   mlp, batch, loop = mlp_setup
   got = eager_and_jit(functools.partial(scores.fisher_per_sample, _mlp_loss), mlp, batch,
-                      exact=False)
+                      **REDUCED)
   ref = jax.tree.map(lambda *gs: np.mean(np.square(np.stack(gs)), axis=0), *loop)
   assert_tree_matches(got, ref, rtol=1e-4, atol=1e-6)
   # Mean of squares, not square of the mean gradient.

@@ -15,23 +15,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_tree
 from impjax import groups, select, tree_utils
+from tests.helpers import random_tree
 
 # One set of shapes for most top-k tests: eager dispatch compiles every op per shape once.
-SHAPES = {"conv": {"kernel": (3, 3, 1, 8)}, "dense": {"kernel": (16, 10), "bias": (10,)}}
+SHAPES = {"conv": {"kernel": (3, 3, 1, 8)}, "dense": {"bias": (10,), "kernel": (16, 10)}}
 N_TOTAL = 72 + 160 + 10
+
+
+def _tied(rng, shape):
+  x = rng.integers(-3, 4, shape).astype(np.float32)
+  x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+  return x
 
 
 def tied_scores(seed):
   """Integer-valued scores in [-3, 3] (heavy ties), with about half of the zeros as -0.0."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(shape):
-    x = rng.integers(-3, 4, shape).astype(np.float32)
-    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
-    return jnp.asarray(x)
-  return jax.tree.map(leaf, SHAPES, is_leaf=lambda s: isinstance(s, tuple))
+  return random_tree(seed, SHAPES, sample=_tied)
 
 
 def ref_count(sparsity, n):
@@ -160,9 +160,7 @@ def test_topk_exact_counts_and_masks_for_many_sparsities(scope_name, kind):
   scope = SCOPES[scope_name]
   scores = tied_scores(1)
   if kind == "continuous":  # distinct values, about half negative
-    rng = np.random.default_rng(3)
-    scores = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                          scores)
+    scores = random_tree(3, jax.tree.map(np.shape, scores))
   for i, s in enumerate(SPARSITIES):
     got = JIT_TOPK[scope_name](scores, s)  # s: a float32 scalar, traced
     want = ref_topk(scores, float(s), scope)
@@ -189,6 +187,7 @@ def test_topk_traced_sparsity_matches_eager_at_rounding_edges():
     assert_masks_equal(eager, ref_topk(scores, s))
 
 
+@pytest.mark.slow  # over ~10 s
 def test_prune_lowest_ties_spanning_many_chunks():
   """Leaves of several 2^18-element chunks, ties on every value: the cutoff falls inside one
   chunk (ranked by cumsum) with whole chunks of ties before and after it (plain compares)."""
@@ -365,10 +364,10 @@ def rigl_erk(shapes, sparsity, power=1.0):
 
 
 def _alloc_case(rules):
-  params = random_tree(0, {"conv": {"kernel": (3, 3, 1, 8), "bias": (8,)},
-                           "dense1": {"kernel": (32, 16), "bias": (16,)},
-                           "dense2": {"kernel": (16, 10), "bias": (10,)},
-                           "big": {"kernel": (64, 64)}})
+  params = random_tree(0, {"big": {"kernel": (64, 64)},  # keys sorted: the order of the draws
+                           "conv": {"bias": (8,), "kernel": (3, 3, 1, 8)},
+                           "dense1": {"bias": (16,), "kernel": (32, 16)},
+                           "dense2": {"bias": (10,), "kernel": (16, 10)}})
   the_plan = groups.plan(params, rules)
   paths = tree_utils.path_names(params)
   prunable = {p: np.shape(x) for p, x, g in zip(paths, jax.tree.leaves(params),

@@ -178,6 +178,7 @@ def sequential_reference(model, batches, method, sparsity):
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # over ~10 s
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_layerwise_matches_sequential_reference(method):
   model, batches = tiny_setup()

@@ -5,16 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import impjax as ij
 from impjax.transforms import masking
+from tests.helpers import random_tree
 
 
 def _tree(seed):
-  rng = np.random.default_rng(seed)
-  return {"a": {"kernel": jnp.asarray(rng.standard_normal((37, 11)), jnp.float32),
-                "bias": jnp.asarray(rng.standard_normal(11), jnp.float32)},
-          "b": {"kernel": jnp.asarray(rng.standard_normal((11, 5)), jnp.float32)}}
+  return random_tree(seed, {"a": {"kernel": (37, 11), "bias": (11,)}, "b": {"kernel": (11, 5)}})
 
 
 def _nbytes(tree):
@@ -32,6 +31,7 @@ def test_pack_roundtrip_and_size():
   np.testing.assert_array_equal(packed["b"]["kernel"], ref)
 
 
+@pytest.mark.slow  # over ~10 s
 def test_packed_masked_training_equals_unpacked():
   sched = ij.schedules.polynomial(0.0, 0.8, 1, 7, 2)
   runs = []

@@ -48,6 +48,7 @@ def test_unit_scores_against_loops():
   np.testing.assert_allclose(heads, expected, rtol=1e-5)
 
 
+@pytest.mark.slow  # over ~10 s
 def test_masked_model_equals_gated_model_and_compacted_model():
   model, params, ids, mask = setup()
   keep = {"layers/0/mlp": np.arange(12) % 3 != 0, "layers/1/mlp": np.arange(10) < 4,

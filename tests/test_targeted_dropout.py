@@ -9,16 +9,15 @@ import pytest
 
 import impjax as ij
 from impjax.transforms.targeted_dropout import targeted, targeted_masks
+from tests.helpers import eager_and_jit, random_tree
 
 WEIGHT_RULES = ((r"(^|/)kernel$", ij.groups.element()),)
 UNIT_RULES = ((r"(^|/)kernel$", ij.groups.neurons(-1)),)
 
 
 def make_params(seed=0):
-  rng = np.random.default_rng(seed)
-  normal = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-  return {"conv": {"kernel": normal(3, 3, 2, 6), "bias": normal(6)},
-          "dense": {"kernel": normal(20, 8), "bias": normal(8)}}
+  return random_tree(seed, {"conv": {"kernel": (3, 3, 2, 6), "bias": (6,)},
+                            "dense": {"kernel": (20, 8), "bias": (8,)}})
 
 
 def reference_weight_targets(w, gamma):
@@ -44,10 +43,9 @@ def test_weight_targets_match_sort_formula_eager_and_jit():
   params = make_params()
   imp = ij.scores.magnitude(params)
   plan = ij.groups.plan(params, WEIGHT_RULES)
-  jitted = jax.jit(lambda i, g: targeted(i, plan, g))
+  fn = lambda i, g: targeted(i, plan, g)
   for gamma in (0.0, 0.3, 0.5, 0.9, 1.0):
-    eager = targeted(imp, plan, gamma)
-    chex.assert_trees_all_equal(eager, jitted(imp, gamma))
+    eager = eager_and_jit(fn, imp, gamma)
     for leaf in ("conv", "dense"):
       np.testing.assert_array_equal(eager[leaf]["kernel"],
                                     reference_weight_targets(params[leaf]["kernel"], gamma))
@@ -65,6 +63,7 @@ def test_unit_targets_match_column_norm_formula():
       np.testing.assert_array_equal(np.broadcast_to(out[leaf]["kernel"], w.shape), expected)
 
 
+@pytest.mark.slow  # over ~10 s
 def test_masks_drop_only_targets_at_rate_alpha_and_are_reproducible():
   params = make_params(2)
   imp = ij.scores.magnitude(params)
@@ -84,10 +83,8 @@ def test_masks_drop_only_targets_at_rate_alpha_and_are_reproducible():
   rate = dropped / targeted_total  # ~27,000 Bernoulli draws: std ~0.003
   assert abs(rate - alpha) < 0.015, rate
   key = jax.random.key(7)  # the same key gives the same masks, eager or jitted
-  eager = targeted_masks(key, imp, plan, gamma, alpha)
+  eager = eager_and_jit(lambda k: targeted_masks(k, imp, plan, gamma, alpha), key)
   chex.assert_trees_all_equal(eager, targeted_masks(key, imp, plan, gamma, alpha))
-  chex.assert_trees_all_equal(
-      eager, jax.jit(lambda k: targeted_masks(k, imp, plan, gamma, alpha))(key))
 
 
 def test_unit_masks_drop_whole_columns():

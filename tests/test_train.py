@@ -30,6 +30,7 @@ def small_config():
   return config
 
 
+@pytest.mark.slow  # the 4000-step default run
 def test_default_mlp_run_reproduces_dense_and_pruned_accuracy(tmp_path):
   config = default.get_config()
   config.progress = False
@@ -59,6 +60,7 @@ def _restore(workdir, config):
   return step, state, meta
 
 
+@pytest.mark.slow  # three runs of the main job
 def test_interrupted_run_resumes_to_the_same_masks_and_params(tmp_path):
   config = small_config()
   straight = str(tmp_path / "straight")
@@ -80,6 +82,7 @@ def test_interrupted_run_resumes_to_the_same_masks_and_params(tmp_path):
   assert again["dense_accuracy"] == full["dense_accuracy"]
 
 
+@pytest.mark.slow  # a subprocess: launch/main.py
 def test_launch_script_runs_the_config(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(REPO, "launch", "main.py"),
