@@ -1,9 +1,10 @@
 """The performance suite: runs every benchmark and prints their headline figures in one table.
 
-Each ``benchmarks/*.py`` (except this file, ``common.py`` and private scripts ``_*.py`` such as
-the fixture maker) runs in its own process with ``--json``; numbers and booleans of its JSON
-(nested dicts flattened to dotted keys; for ``selection``, the speed-up and memory ratio at each
-size) are listed, so a change can be compared figure by figure. Quick mode passes ``--quick`` to each.
+The benchmarks are the scripts listed in ``BENCHMARKS``: the speed benchmarks of
+``benchmarks/speed/`` and the quality experiments of ``benchmarks/quality/``. Each runs in its
+own process with ``--json`` (and ``--quick``, ``--seed`` as given here); numbers and booleans of
+its JSON (nested dicts flattened to dotted keys; for ``selection``, the speed-up and memory
+ratio at each size) are listed, so a change can be compared figure by figure.
 
 Run:
   python benchmarks/run_all.py --quick --json /tmp/suite.json
@@ -12,8 +13,6 @@ Run:
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import os
 import subprocess
@@ -23,12 +22,34 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BENCHMARKS = (
+    "speed/step_overhead",
+    "speed/selection",
+    "speed/sharded_overhead",
+    "speed/state_memory",
+    "quality/one_shot_quality",
+    "quality/mixed_precision",
+    "quality/dropout_ordering",
+    "quality/minilm_pruning",
+    "quality/minilm_calibration",
+    "quality/minilm_mixed_precision",
+    "quality/minilm_layer_sampling",
+)
+"""Every benchmark, as ``folder/name`` under ``benchmarks/``; ``--only`` takes the names."""
 
 
-def benchmark_names() -> list[str]:
-  names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(HERE, "*.py"))]
-  return sorted(n for n in names if n not in ("run_all", "common") and not n.startswith("_"))
+def parse_args():
+  parser = harness.parser(__doc__, "pass --quick to every benchmark")
+  parser.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
+  args = parser.parse_args()
+  known = {os.path.basename(b): b for b in BENCHMARKS}
+  unknown = sorted(set(args.only or ()) - set(known))
+  if unknown:
+    parser.error(f"unknown benchmarks {unknown}; known: {sorted(known)}")
+  args.scripts = [known[n] for n in args.only] if args.only else list(BENCHMARKS)
+  return args
 
 
 def headline(figures: dict, prefix: str = "") -> dict[str, float | bool]:
@@ -47,35 +68,39 @@ def headline(figures: dict, prefix: str = "") -> dict[str, float | bool]:
   return out
 
 
+def run_one(script: str, args, tmp: str):
+  """Runs ``benchmarks/<script>.py``: ``(its JSON or None if it failed, seconds)``."""
+  name = os.path.basename(script)
+  path = os.path.join(tmp, f"{name}.json")
+  cmd = [sys.executable, os.path.join(HERE, f"{script}.py"), "--json", path,
+         "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+  print(f"[{name}] running ...", flush=True)
+  start = time.time()
+  run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  seconds = time.time() - start
+  if run.returncode != 0 or not os.path.exists(path):
+    print(run.stdout[-2000:] + run.stderr[-2000:])
+    return None, f"exit {run.returncode}"
+  with open(path) as f:
+    return json.load(f), seconds
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-  parser.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
-  parser.add_argument("--json", default=None, help="write all figures to this JSON file")
-  args = parser.parse_args()
-  names = args.only or benchmark_names()
+  args = parse_args()
   results, rows = {}, []
   with tempfile.TemporaryDirectory() as tmp:
-    for name in names:
-      path = os.path.join(tmp, f"{name}.json")
-      cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", path]
-      cmd += ["--quick"] if args.quick else []
-      print(f"[{name}] running ...", flush=True)
-      start = time.time()
-      run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      seconds = time.time() - start
-      if run.returncode != 0 or not os.path.exists(path):
-        print(run.stdout[-2000:] + run.stderr[-2000:])
-        rows.append([name, "FAILED", f"exit {run.returncode}"])
+    for script in args.scripts:
+      name = os.path.basename(script)
+      figures, seconds = run_one(script, args, tmp)
+      if figures is None:
+        rows.append([name, "FAILED", seconds])
         continue
-      with open(path) as f:
-        results[name] = json.load(f)
-      for key, value in headline(results[name]).items():
+      results[name] = figures
+      for key, value in headline(figures).items():
         rows.append([name, key, value if isinstance(value, (bool, str)) else float(value)])
       rows.append([name, "wall_seconds", seconds])
-  print(common.format_table(["benchmark", "figure", "value"], rows))
-  if args.json:
-    common.write_json(args.json, results)
+  print(harness.format_table(["benchmark", "figure", "value"], rows))
+  harness.write_json(args.json, results)
   if any(r[1] == "FAILED" for r in rows):
     sys.exit(1)
 

@@ -7,7 +7,7 @@ with ``rest="frozen"``); the other layers are constants. Layers held one module 
 ``nnx.List``, e.g. MiniLM's ``params["layers"]``) are stacked once with
 :func:`impjax.transforms.layer_stack.stack_layers`; the hidden state passed through ``run``
 may be a pytree such as ``(hidden, attention_mask)``
-(``benchmarks/minilm_layer_sampling.py``). Each step gathers the active layers from the
+(``benchmarks/quality/minilm_layer_sampling.py``). Each step gathers the active layers from the
 stack, differentiates with respect to them only, and scatters them back (``gamma`` rows; in
 place when the state is donated). What this saves under JAX's static shapes:
 
@@ -26,7 +26,7 @@ place when the state is donated). What this saves under JAX's static shapes:
   fine-tuning fuses away: a copy of each frozen layer's weights passed into its ``cond`` and a
   layer-sized weight cotangent per ``cond`` (zeros for frozen layers), about one stack's worth
   in all, so the step's total buffers shrink less than the gradient and optimizer state do
-  (``benchmarks/dropout_ordering.py`` measures both).
+  (``benchmarks/quality/dropout_ordering.py`` measures both).
 
 The active layers' optimizer runs per layer (``jax.vmap(tx.update)``), which is exact for
 element-wise optimizers (Adam, SGD, ...); global-norm clipping would clip per layer. Nothing

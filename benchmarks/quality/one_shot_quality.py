@@ -11,7 +11,7 @@ Taylor and OBD fall behind magnitude at 90% (their per-weight estimates do not s
 90% at once); ``taylor xR``/``obd xR`` prune in R re-scored cuts with no weight update
 (``pruning.prune_in_rounds``), which is where the ordering holds.
 
-The model: ``impjax.train.default_config()`` (MLP 64-256-256-10 by default, ``--model cnn``
+The model: ``configs/default.py``'s ``get_config()`` (MLP 64-256-256-10 by default, ``--model cnn``
 for the CNN) trained exactly as the main job's dense phase — AdamW (lr 1e-3, weight decay
 1e-4), batch 128, the job's seeded data stream — for ``config.pruning.begin_step`` = 1500
 steps, i.e. the model the default job starts pruning from (``--steps`` overrides).
@@ -23,7 +23,7 @@ only (the test split is used for nothing but the final accuracies), through
 
 * ``taylor`` (Molchanov et al. 2017/2019): ``|w * g_B|`` of the mean-loss gradient of a
   mini-batch ``B``, averaged over mini-batches (``estimators.running_mean``). Mini-batches
-  are the training batch size of the config (128, also what ``transforms.masked`` sees
+  are the training batch size of the config (128, also what ``transforms.prune`` sees
   during training), one shuffled epoch of the training split (11 full batches, 1408
   examples; the 29-example remainder is dropped so every batch has the same noise level).
 * ``saliency``: ``|g_B|`` averaged over the same mini-batches.
@@ -40,15 +40,13 @@ has 360 examples, so one accuracy point is 3.6 examples.
 
 Run (from the repository root, with impjax installed):
 
-  python benchmarks/one_shot_quality.py                      # MLP, 5 seeds (~1-2 min on 2 CPUs)
-  python benchmarks/one_shot_quality.py --model cnn          # CNN, 5 seeds (~5 min)
-  python benchmarks/one_shot_quality.py --json /tmp/one_shot.json --plot /tmp/one_shot.png
-  python benchmarks/one_shot_quality.py --quick               # < 1 minute smoke run
+  python benchmarks/quality/one_shot_quality.py              # MLP, 5 seeds (~1-2 min on 2 CPUs)
+  python benchmarks/quality/one_shot_quality.py --model cnn  # CNN, 5 seeds (~5 min)
+  python benchmarks/quality/one_shot_quality.py --json /tmp/one_shot.json --plot /tmp/one_shot.png
+  python benchmarks/quality/one_shot_quality.py --quick      # < 1 minute smoke run
 """
-
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -57,51 +55,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from impjax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import estimators
-from impjax import groups
-from impjax import scores
-from impjax import select
-from impjax import train
-from impjax import transforms
-from impjax import viz
-from impjax import pruning
+from impjax import estimators  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import groups  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import select  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.flax import training  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CRITERIA = ("magnitude", "random", "saliency", "taylor", "fisher", "obd")
 ROUND_CRITERIA = ("taylor", "obd")  # also pruned in rounds, re-scored between cuts
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
-FISHER_CHUNK = 128  # examples per per-example-gradient chunk (memory only; result is exact)
+ORDERING = "obd, taylor >= magnitude > random"
 
 
-def _loss_fn(graphdef):
-  return lambda params, batch: train.cross_entropy(graphdef, params, batch)[0]
+def parse_args(argv=None):
+  parser = harness.parser(__doc__, "smoke run: 1 seed, 500 steps, sparsities 0.5 and 0.9")
+  parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+  harness.add_training_flags(parser, seeds=5)
+  parser.add_argument("--sparsities", type=float, nargs="+", default=None)
+  parser.add_argument("--rounds", type=int, default=10,
+                      help="cuts of the re-scored variants (pruning.prune_in_rounds)")
+  parser.add_argument("--plot", default=None, help="save accuracy-vs-sparsity PNG here")
+  return parser.parse_args(argv)
 
 
 def minibatch_estimate(crit, graphdef, params, train_data, batch_size, seed):
   """Mean over one epoch of mini-batches of ``crit.statistic(params, grad of batch loss)``."""
-  grad_fn = jax.grad(_loss_fn(graphdef))
+  grad_fn = jax.grad(harness.loss_of(graphdef))
   batches = list(data_lib.batches(train_data, batch_size, seed=seed, drop_remainder=True))
   return estimators.calibrate(estimators.running_mean(crit.statistic), params, batches,
                               grad_fn, progress=False)
-
-
-def empirical_fisher(graphdef, params, train_data):
-  """``(1/N) sum_i g_i^2`` over every training example (per-example gradients)."""
-  loss = _loss_fn(graphdef)
-
-  def sum_of_squares(p, batch):  # sum (not mean) over the chunk, so the total is exact
-    n = batch["label"].shape[0]
-    return jax.tree.map(lambda f: f * n, scores.fisher_per_sample(loss, p, batch))
-
-  chunks = data_lib.batches(train_data, FISHER_CHUNK, seed=0, shuffle=False,
-                            drop_remainder=False)
-  total = estimators.calibrate(estimators.sum(lambda p, g: g), params, chunks, sum_of_squares,
-                               progress=False)
-  n = len(train_data["label"])
-  return jax.tree.map(lambda t: t / n, total)
 
 
 def importance_of(name, graphdef, params, train_data, batch_size, seed):
@@ -110,7 +99,7 @@ def importance_of(name, graphdef, params, train_data, batch_size, seed):
   if crit.statistic is None:
     estimate = None
   elif name in ("fisher", "obd"):
-    estimate = empirical_fisher(graphdef, params, train_data)
+    estimate = harness.empirical_fisher(graphdef, params, train_data)
   else:
     estimate = minibatch_estimate(crit, graphdef, params, train_data, batch_size, seed)
   return crit.importance(params, estimate)
@@ -118,13 +107,14 @@ def importance_of(name, graphdef, params, train_data, batch_size, seed):
 
 def run_seed(config, train_data, test_data, num_classes, steps, sparsities, rounds):
   """Dense accuracy and ``{(criterion, sparsity): accuracy}`` for one training seed."""
-  graphdef, params = common.train_dense(config, train_data, num_classes, steps)
-  accuracy = train.make_accuracy_fn(graphdef)
+  graphdef, params = harness.train_dense(config, train_data, num_classes, steps)
+  accuracy = training.make_accuracy_fn(graphdef)
   the_plan = groups.plan(params)  # default rules: kernels elementwise, biases dense
+  selector = select.selector("global")
 
   @jax.jit
   def prune(importance, sparsity):
-    masks = select.masks(importance, the_plan, sparsity, scope="global")
+    masks = select.masks(importance, the_plan, sparsity, selector)
     return transforms.apply_masks(params, masks), masks
 
   dense = accuracy(params, test_data)
@@ -147,92 +137,88 @@ def run_seed(config, train_data, test_data, num_classes, steps, sparsities, roun
   return dense, results
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-  parser.add_argument("--seeds", type=int, default=None,
-                      help="training seeds 0..n-1 to average over (default 5, quick 1)")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="dense training steps (default: config.pruning.begin_step = 1500)")
-  parser.add_argument("--sparsities", type=float, nargs="+", default=None)
-  parser.add_argument("--rounds", type=int, default=10,
-                      help="cuts of the re-scored variants (pruning.prune_in_rounds)")
-  parser.add_argument("--json", default=None, help="write results as JSON here")
-  parser.add_argument("--plot", default=None, help="save accuracy-vs-sparsity PNG here")
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 1 seed, 500 steps, sparsities 0.5 and 0.9")
-  args = parser.parse_args(argv)
-
-  config = train.default_config()
-  config.model = args.model
-  steps = args.steps or (500 if args.quick else config.pruning.begin_step)
-  n_seeds = args.seeds or (1 if args.quick else 5)
-  sparsities = tuple(args.sparsities or ((0.5, 0.9) if args.quick else SPARSITIES))
-
-  started = time.time()
-  train_data, test_data, num_classes = common.load_digits(config)
+def run_seeds(config, data, steps, seeds, sparsities, rounds):
+  """``(dense accuracy per seed, results per seed)``; each seed retrains the model."""
   dense_per_seed, per_seed = [], []
-  for seed in range(n_seeds):
+  for seed in seeds:
     config.seed = seed
     t0 = time.time()
-    dense, results = run_seed(config, train_data, test_data, num_classes, steps, sparsities,
-                              args.rounds)
+    dense, results = run_seed(config, *data, steps, sparsities, rounds)
     dense_per_seed.append(dense)
     per_seed.append(results)
     print(f"seed {seed}: dense test accuracy {dense:.4f} ({time.time() - t0:.1f}s)", flush=True)
+  return dense_per_seed, per_seed
 
+
+def print_tables(mean, std, names, sparsities, n_seeds):
+  print("\nTest accuracy after one-shot pruning, no fine-tuning (mean over seeds):")
+  header = ["criterion"] + [f"{s:.0%}" for s in sparsities]
+  print(harness.format_table(header, [[c] + [mean[(c, s)] for s in sparsities] for c in names]))
+  if n_seeds > 1:
+    print("\nStandard deviation across seeds:")
+    print(harness.format_table(header, [[c] + [std[(c, s)] for s in sparsities]
+                                        for c in names]))
+
+
+def claim_at_90(mean, per_seed, rounds):
+  """Whether ``obd, taylor >= magnitude > random`` holds at 90% on the mean and per seed, in
+  one cut and pruned in ``rounds`` re-scored cuts (printed)."""
+  acc = {c: mean[(c, 0.9)] for c in CRITERIA}
+  holds = (min(acc["obd"], acc["taylor"]) >= acc["magnitude"] > acc["random"])
+  per_seed_holds = [min(r[("obd", 0.9)], r[("taylor", 0.9)]) >= r[("magnitude", 0.9)]
+                    > r[("random", 0.9)] for r in per_seed]
+  claim = {"sparsity": 0.9, "ordering": ORDERING,
+           "holds_on_mean": bool(holds), "holds_per_seed": per_seed_holds}
+  print(f"\nAt 90%: obd {acc['obd']:.4f}, taylor {acc['taylor']:.4f}, "
+        f"magnitude {acc['magnitude']:.4f}, random {acc['random']:.4f} -> "
+        f"'{ORDERING}' {'HOLDS' if holds else 'DOES NOT HOLD'} on "
+        f"the mean; per seed: {per_seed_holds}")
+  rescored = {c: mean[(f"{c} x{rounds}", 0.9)] for c in ROUND_CRITERIA}
+  claim["rescored_in_rounds"] = {
+      "rounds": rounds, **rescored,
+      "holds_on_mean": bool(min(rescored.values()) >= acc["magnitude"] > acc["random"])}
+  print(f"Pruned in {rounds} re-scored rounds (no training): obd {rescored['obd']:.4f}, "
+        f"taylor {rescored['taylor']:.4f} -> '{ORDERING}' "
+        f"{'HOLDS' if claim['rescored_in_rounds']['holds_on_mean'] else 'DOES NOT HOLD'}")
+  return claim
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  config = harness.digits_config(args.model, args.seed)
+  steps = args.steps or (500 if args.quick else config.pruning.begin_step)
+  seeds = harness.training_seeds(args)
+  sparsities = tuple(args.sparsities or ((0.5, 0.9) if args.quick else SPARSITIES))
+
+  started = time.time()
+  train_data, test_data, num_classes = harness.load_digits(config)
+  dense_per_seed, per_seed = run_seeds(config, (train_data, test_data, num_classes), steps,
+                                       seeds, sparsities, args.rounds)
   mean = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
   std = {k: float(np.std([r[k] for r in per_seed])) for k in per_seed[0]}
   dense_accuracy = float(np.mean(dense_per_seed))
 
-  print(f"\n{args.model.upper()}, {steps} dense steps, {n_seeds} seed(s), "
+  print(f"\n{args.model.upper()}, {steps} dense steps, {len(seeds)} seed(s), "
         f"{len(train_data['label'])} train / {len(test_data['label'])} test examples; "
         f"dense test accuracy {dense_accuracy:.4f} (per seed: "
         + ", ".join(f"{d:.4f}" for d in dense_per_seed) + ")")
-  print("\nTest accuracy after one-shot pruning, no fine-tuning (mean over seeds):")
-  header = ["criterion"] + [f"{s:.0%}" for s in sparsities]
   names = list(CRITERIA) + [f"{c} x{args.rounds}" for c in ROUND_CRITERIA]
-  print(common.format_table(header, [[c] + [mean[(c, s)] for s in sparsities] for c in names]))
-  if n_seeds > 1:
-    print("\nStandard deviation across seeds:")
-    print(common.format_table(header, [[c] + [std[(c, s)] for s in sparsities]
-                                       for c in names]))
-
-  claim = None
-  if 0.9 in sparsities:
-    acc = {c: mean[(c, 0.9)] for c in CRITERIA}
-    holds = (min(acc["obd"], acc["taylor"]) >= acc["magnitude"] > acc["random"])
-    per_seed_holds = [min(r[("obd", 0.9)], r[("taylor", 0.9)]) >= r[("magnitude", 0.9)]
-                      > r[("random", 0.9)] for r in per_seed]
-    claim = {"sparsity": 0.9, "ordering": "obd, taylor >= magnitude > random",
-             "holds_on_mean": bool(holds), "holds_per_seed": per_seed_holds}
-    print(f"\nAt 90%: obd {acc['obd']:.4f}, taylor {acc['taylor']:.4f}, "
-          f"magnitude {acc['magnitude']:.4f}, random {acc['random']:.4f} -> "
-          f"'obd, taylor >= magnitude > random' {'HOLDS' if holds else 'DOES NOT HOLD'} on "
-          f"the mean; per seed: {per_seed_holds}")
-  if 0.9 in sparsities:
-    rescored = {c: mean[(f"{c} x{args.rounds}", 0.9)] for c in ROUND_CRITERIA}
-    claim["rescored_in_rounds"] = {
-        "rounds": args.rounds, **rescored,
-        "holds_on_mean": bool(min(rescored.values()) >= acc["magnitude"] > acc["random"])}
-    print(f"Pruned in {args.rounds} re-scored rounds (no training): obd {rescored['obd']:.4f}, "
-          f"taylor {rescored['taylor']:.4f} -> 'obd, taylor >= magnitude > random' "
-          f"{'HOLDS' if claim['rescored_in_rounds']['holds_on_mean'] else 'DOES NOT HOLD'}")
+  print_tables(mean, std, names, sparsities, len(seeds))
+  claim = claim_at_90(mean, per_seed, args.rounds) if 0.9 in sparsities else None
   elapsed = time.time() - started
   print(f"\nTotal time {elapsed:.1f}s")
 
   results = [{"criterion": c, "sparsity": s, "accuracy": mean[(c, s)], "std": std[(c, s)],
               "per_seed": [r[(c, s)] for r in per_seed]}
              for c in names for s in sparsities]
-  if args.json:
-    common.write_json(args.json, {
-        "dense_accuracy": dense_accuracy, "dense_accuracy_per_seed": dense_per_seed,
-        "results": results, "claim_at_90": claim, "model": args.model, "steps": steps,
-        "seeds": list(range(n_seeds)), "sparsities": list(sparsities),
-        "calibration": {"taylor_saliency": f"running mean over mini-batches of "
-                                           f"{config.batch_size}, one epoch of train",
-                        "fisher_obd": "empirical Fisher, per-example mean over all of train"},
-        "seconds": elapsed})
+  harness.write_json(args.json, {
+      "dense_accuracy": dense_accuracy, "dense_accuracy_per_seed": dense_per_seed,
+      "results": results, "claim_at_90": claim, "model": args.model, "steps": steps,
+      "seeds": seeds, "sparsities": list(sparsities),
+      "calibration": {"taylor_saliency": f"running mean over mini-batches of "
+                                         f"{config.batch_size}, one epoch of train",
+                      "fisher_obd": "empirical Fisher, per-example mean over all of train"},
+      "seconds": elapsed})
   if args.plot:
     viz.accuracy_vs_sparsity(results, args.plot, dense_accuracy=dense_accuracy)
 

