@@ -155,14 +155,19 @@ def check_broadcasts(params: Any, masks: Any, *, what: str = "mask") -> None:
   """
   check_same_structure(params, masks, names=("params", f"{what}s"), shapes=False)
   for path, p, m in zip(path_names(params), jax.tree.leaves(params), jax.tree.leaves(masks)):
-    shape = np.shape(p)
-    try:
-      fits = np.broadcast_shapes(np.shape(m), shape) == shape
-    except ValueError:
-      fits = False
-    if not fits:
-      raise ValueError(f"{what} of leaf '{path}' has shape {np.shape(m)}, which does not "
-                       f"broadcast to the leaf's shape {shape}.")
+    check_broadcasts_leaf(path, np.shape(m), np.shape(p), what=what)
+
+
+def check_broadcasts_leaf(path: str, shape: tuple[int, ...], leaf_shape: tuple[int, ...], *,
+                          what: str = "mask") -> None:
+  """Raises ``ValueError`` naming ``path`` unless ``shape`` broadcasts to ``leaf_shape``."""
+  try:
+    fits = np.broadcast_shapes(shape, leaf_shape) == leaf_shape
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"{what} of leaf '{path}' has shape {shape}, which does not "
+                     f"broadcast to the leaf's shape {leaf_shape}.")
 
 
 def check_finite(tree: Any, *, what: str) -> None:

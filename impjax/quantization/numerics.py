@@ -395,12 +395,5 @@ def check_salient_tree(params: tree_utils.Params, salient: Any) -> Any:
   for path, x, m in _given_leaves(params, salient, "salient"):
     if jnp.result_type(m) != jnp.bool_:
       raise ValueError(f"salient mask of leaf '{path}' must be bool, got {jnp.result_type(m)}.")
-    shape = np.shape(x)
-    try:
-      fits = np.broadcast_shapes(np.shape(m), shape) == shape
-    except ValueError:
-      fits = False
-    if not fits:
-      raise ValueError(f"salient mask of leaf '{path}' has shape {np.shape(m)}, which does not "
-                       f"broadcast to the leaf's shape {shape}.")
+    tree_utils.check_broadcasts_leaf(path, np.shape(m), np.shape(x), what="salient mask")
   return salient
