@@ -246,12 +246,12 @@ def test_reduce_and_expand_trees(params):
 
 
 def _lamp_ref(s):
-  """LAMP (Lee et al. 2021): sort ascending (stable); score(u) = s_u / sum_{v >= u} s_v."""
+  """LAMP (Lee et al. 2021): sort ascending (stable); score(u) = s_u^2 / sum_{v >= u} s_v^2."""
   s = np.asarray(s, np.float64)
   order = np.argsort(s, kind="stable")
   out = np.zeros_like(s)
   for pos, u in enumerate(order):
-    out[u] = s[u] / sum(s[v] for v in order[pos:])
+    out[u] = s[u] ** 2 / sum(s[v] ** 2 for v in order[pos:])
   return out
 
 
@@ -271,10 +271,11 @@ def test_normalize(how):
 
 
 def test_lamp_by_hand():
-  # sorted [1, 2, 2, 4]: 1/9, 2/8, 2/6, 4/4 (equal scores by position); a single score -> 1.
+  # sorted [1, 2, 2, 4], squared [1, 4, 4, 16]: 1/25, 4/24, 4/20, 16/16 (equal scores by
+  # position); a single score -> 1.
   lamp = jax.jit(groups.lamp)
   np.testing.assert_allclose(lamp(jnp.array([2.0, 1.0, 4.0, 2.0])),
-                             [2 / 8, 1 / 9, 1.0, 2 / 6], rtol=1e-6)
+                             [4 / 24, 1 / 25, 1.0, 4 / 20], rtol=1e-6)
   np.testing.assert_allclose(lamp(jnp.array([3.5])), [1.0], rtol=1e-6)
 
 

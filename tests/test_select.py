@@ -462,7 +462,7 @@ def _np_normalize(s, how):
   order = np.argsort(s, kind="stable")  # lamp
   out = np.zeros_like(s)
   for pos, u in enumerate(order):
-    out[u] = s[u] / s[order[pos:]].sum()
+    out[u] = s[u] ** 2 / (s[order[pos:]] ** 2).sum()
   return out
 
 

@@ -24,11 +24,18 @@ _TINY = 1e-30
 
 
 def lamp(scores: jnp.ndarray) -> jnp.ndarray:
-  """LAMP scores of a flat vector of non-negative scores (ties keep their original order)."""
+  """LAMP scores of a flat vector of non-negative scores: ``s_u^2 / sum_{v >= u} s_v^2`` over
+  the scores sorted ascending (ties keep their original order), Lee et al. 2021's formula with
+  the score in the place of ``|w|`` — pass magnitudes (``p=1``), not squares.
+
+  Example:
+    >>> lamp(jnp.array([2.0, 1.0])).tolist()  # sorted [1, 2]: 1/5, 4/4
+    [1.0, 0.20000000298023224]
+  """
   order = jnp.argsort(scores, stable=True)
-  sorted_scores = scores[order]
-  tail = jnp.cumsum(sorted_scores[::-1])[::-1]
-  return jnp.zeros_like(scores).at[order].set(sorted_scores / jnp.maximum(tail, _TINY))
+  squared = jnp.square(scores[order])
+  tail = jnp.cumsum(squared[::-1])[::-1]
+  return jnp.zeros_like(scores).at[order].set(squared / jnp.maximum(tail, _TINY))
 
 
 def normalize_leaf(scores: jnp.ndarray, how: str) -> jnp.ndarray:
