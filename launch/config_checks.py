@@ -24,10 +24,11 @@ from typing import Any, Iterable
 import ml_collections
 
 from impjax import scores
+from impjax import select
 
 SCHEDULES = ("polynomial", "iterative", "one_shot")
 SCOPES = ("global", "local")
-ALLOCATIONS = ("", "uniform", "erk")
+ALLOCATIONS = ("",) + select.ALLOCATIONS  # "": no per-leaf allocation
 
 
 def _is_int(value: Any) -> bool:
