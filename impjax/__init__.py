@@ -11,7 +11,8 @@ Five pure stages, each a package:
 
 Beside them: ``schedules`` (sparsity over steps), ``pruning`` (one-shot pruning of pretrained
 models, structured pruning and compaction), ``quantization`` (quantizer numerics, PTQ,
-export), ``slicing`` (cutting a model to a width or depth), ``metrics``, ``flax`` (capture and
+export), ``slicing`` (cutting a model to a width or depth), ``structure`` (kernel axes and
+coupled groups read from a model's traced computation), ``metrics``, ``flax`` (capture and
 train-step pieces), ``models`` (the model zoo) and ``tree_utils`` (paths and checks). The
 datasets (``impjax.data``), checkpoints (``impjax.checkpoint``) and plots (``impjax.viz``)
 are imported on demand, as they pull in tensorflow-datasets, orbax and matplotlib.
@@ -35,6 +36,7 @@ from impjax import schedules
 from impjax import scores
 from impjax import select
 from impjax import slicing
+from impjax import structure
 from impjax import transforms
 from impjax import tree_utils
 
@@ -52,6 +54,7 @@ __all__ = [
     "scores",
     "select",
     "slicing",
+    "structure",
     "transforms",
     "tree_utils",
 ]

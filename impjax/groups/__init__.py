@@ -19,6 +19,10 @@ Example:
 from impjax.groups.coupled import Coupled
 from impjax.groups.coupled import coupled_masks
 from impjax.groups.coupled import coupled_scores
+from impjax.groups.coupled import is_stacked
+from impjax.groups.coupled import keep_shape
+from impjax.groups.coupled import Member
+from impjax.groups.coupled import members
 from impjax.groups.coupled import num_entries
 from impjax.groups.granularity import DENSE
 from impjax.groups.granularity import Granularity
@@ -52,6 +56,7 @@ __all__ = [
     "REDUCTIONS",
     "Coupled",
     "Granularity",
+    "Member",
     "OptionalRule",
     "Rules",
     "blocks",
@@ -60,8 +65,11 @@ __all__ = [
     "element",
     "expand",
     "expand_leaf",
+    "is_stacked",
+    "keep_shape",
     "lamp",
     "leaf",
+    "members",
     "module_units",
     "n_of_m",
     "neurons",

@@ -76,7 +76,8 @@ def n_of_m(n: int, m: int, axis: int = 0) -> Granularity:
   return Granularity("n_of_m", axis=axis, n=n, m=m)
 
 
-def _reduce(x: jnp.ndarray, axes: tuple[int, ...], how: str) -> jnp.ndarray:
+def reduce_over(x: jnp.ndarray, axes: tuple[int, ...], how: str) -> jnp.ndarray:
+  """Reduces ``x`` over ``axes`` by ``how`` (sum, mean, max or l2)."""
   if how == "sum":
     return jnp.sum(x, axis=axes)
   if how == "mean":
@@ -110,16 +111,16 @@ def reduce_leaf(score: jnp.ndarray, g: Granularity, how: str = "sum") -> jnp.nda
   if g.kind in ("element", "n_of_m"):
     return score.reshape(-1)
   if g.kind == "leaf":
-    return _reduce(score.reshape(-1), (0,), how).reshape(1)
+    return reduce_over(score.reshape(-1), (0,), how).reshape(1)
   if g.kind == "neurons":
     ax = g.axis % score.ndim
-    return _reduce(score, tuple(i for i in range(score.ndim) if i != ax), how)
+    return reduce_over(score, tuple(i for i in range(score.ndim) if i != ax), how)
   if g.kind == "blocks":
     split = []
     for size, b in zip(score.shape, g.block):
       split += [size // b, b]
     blocked = score.reshape(split)
-    return _reduce(blocked, tuple(range(1, 2 * score.ndim, 2)), how).reshape(-1)
+    return reduce_over(blocked, tuple(range(1, 2 * score.ndim, 2)), how).reshape(-1)
   raise ValueError(f"Unknown granularity kind '{g.kind}'.")
 
 

@@ -43,18 +43,49 @@ def compact(params: tree_utils.Params, coupled: dict[str, groups.Coupled], keep:
     [[2.0, 3.0], [6.0, 7.0]]
   """
   groups.coupled_masks(params, coupled, keep)  # validates members and keep shapes
-  slices = {}
+  slices: dict[str, list] = {}
   for name, group in coupled.items():
-    index = np.flatnonzero(np.repeat(np.asarray(keep[name], bool), group.size))
-    for path, axis in group.members:
-      slices[path] = (index, axis)
+    if name not in keep:
+      continue
+    stacked = groups.is_stacked(group)
+    for m in groups.members(group):
+      slices.setdefault(m.path, []).append((member_index(keep[name], m), m, stacked))
 
   def leaf(path, x):
-    if path not in slices:
-      return x
-    index, axis = slices[path]
-    return jnp.take(jnp.asarray(x), index, axis=axis)
+    x = jnp.asarray(x)
+    for index, m, stacked in slices.get(path, ()):
+      if stacked:
+        layer, axis = m.layer % x.ndim, m.axis % x.ndim
+        view = [1] * x.ndim
+        view[layer], view[axis] = index.shape
+        if layer > axis:
+          index = index.T
+        x = jnp.take_along_axis(x, jnp.asarray(index).reshape(view), axis=axis)
+      else:
+        x = jnp.take(x, index, axis=m.axis)
+    return x
   return tree_utils.map_with_path(leaf, params)
+
+
+def member_index(keep: Any, m: groups.Member) -> np.ndarray:
+  """Kept entry indices along ``m``'s axis (per layer for a ``(layers, units)`` keep, which
+  must keep one count in every layer).
+
+  Example:
+    >>> member_index(np.array([True, False]), groups.Member("q", 0, inner=2, outer=2)).tolist()
+    [0, 1, 4, 5]
+  """
+  keep = np.asarray(keep, bool)
+  counts = keep.sum(-1)
+  if keep.ndim == 2 and len(set(counts.tolist())) > 1:
+    raise ValueError(f"Compacting stacked leaf '{m.path}' needs one kept count in every layer, "
+                     f"got {counts.tolist()}.")
+  entries = np.broadcast_to(keep[..., None, :, None], keep.shape[:-1] + (m.outer, keep.shape[-1],
+                                                                         m.inner))
+  entries = entries.reshape(keep.shape[:-1] + (-1,))
+  if keep.ndim == 1:
+    return np.flatnonzero(entries)
+  return np.stack([np.flatnonzero(row) for row in entries])
 
 
 def compact_encoder(model: minilm.MiniLM, keep: dict[str, Any]

@@ -1,0 +1,21 @@
+"""Structure: a model's kernel axes and coupled groups, read from its traced computation.
+
+- ``axis_graph``: axis identities merged by union-find, with composite (factored) axes.
+- ``tracing``: the walk over a jaxpr, primitive by primitive, that builds the axis graph.
+- ``discovery``: :func:`discover`, the kernel axes and coupled groups of a model.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import structure
+  >>> s = structure.discover(lambda p, x: x @ p["w"], {"w": jnp.ones((4, 3))}, jnp.ones((2, 4)))
+  >>> s.kernels["w"]
+  KernelAxes(kind='dense', contraction=(0,), output=(1,), layer=None, reads_input=True, writes_output=True)
+"""
+
+from impjax.structure.discovery import Group
+from impjax.structure.discovery import KernelAxes
+from impjax.structure.discovery import Structure
+from impjax.structure.discovery import discover
+from impjax.structure.tracing import trace
+
+__all__ = ["Group", "KernelAxes", "Structure", "discover", "trace"]
