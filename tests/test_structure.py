@@ -178,3 +178,27 @@ def test_discovered_groups_compact_a_plain_function():
   masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
   assert small["fc1"]["kernel"].shape == (4, 5) and small["fc2"]["kernel"].shape == (5, 3)
   np.testing.assert_allclose(fn(small, x), fn(masked, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_default_two_four_runs_along_each_kernels_contraction_axis(scan):
+  from impjax import select
+  fn, params, x = _linen(scan)
+  s = structure.discover(fn, params, x)
+  the_plan = groups.plan(params, structure.rules(s, params, groups.n_of_m(2, 4)))
+  imp = jax.tree.map(jnp.abs, params)
+  masks = select.masks(imp, the_plan, 0.5)
+  planned = 0
+  for path, g, m in zip(tree_utils.path_names(params), jax.tree.leaves(the_plan),
+                        jax.tree.leaves(masks)):
+    k = s.kernels.get(path)
+    if k is None or k.reads_input or k.writes_output:
+      assert g.kind == "dense", path
+      continue
+    planned += 1
+    assert g.kind == "n_of_m" and g.axis == k.contraction[-1] and g.axis != k.layer, path
+    moved = np.moveaxis(np.asarray(m), g.axis, -1)
+    counts = moved.reshape(moved.shape[:-1] + (-1, 4)).sum(-1)
+    assert (counts == 2).all(), path
+  assert planned == (6 if scan else 12)
+  assert structure.channel_axes(s)["head/kernel"] == (1,)

@@ -3,6 +3,7 @@
 - ``axis_graph``: axis identities merged by union-find, with composite (factored) axes.
 - ``tracing``: the walk over a jaxpr, primitive by primitive, that builds the axis graph.
 - ``discovery``: :func:`discover`, the kernel axes and coupled groups of a model.
+- ``defaults``: path rules and quantization channel axes from the structure.
 
 Example:
   >>> import jax.numpy as jnp
@@ -12,10 +13,12 @@ Example:
   KernelAxes(kind='dense', contraction=(0,), output=(1,), layer=None, reads_input=True, writes_output=True)
 """
 
+from impjax.structure.defaults import channel_axes
+from impjax.structure.defaults import rules
 from impjax.structure.discovery import Group
 from impjax.structure.discovery import KernelAxes
 from impjax.structure.discovery import Structure
 from impjax.structure.discovery import discover
 from impjax.structure.tracing import trace
 
-__all__ = ["Group", "KernelAxes", "Structure", "discover", "trace"]
+__all__ = ["Group", "KernelAxes", "Structure", "channel_axes", "discover", "rules", "trace"]
