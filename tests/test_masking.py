@@ -243,6 +243,12 @@ def test_nnx_optimizer_train_step_unchanged():
   pruned = int((~masks["hidden"][0]["kernel"]).sum() + (~masks["head"]["kernel"]).sum())
   assert pruned == int(np.floor(0.75 * n + 0.5))
 
+  # The NNX optimizer holds an nnx.State; prune_model takes its masks back onto a fresh model.
+  fresh = ij.models.MLP(64, (32,), 10, rngs=nnx.Rngs(5))
+  ij.flax.prune_model(fresh, masks)
+  assert np.all(np.asarray(fresh.hidden[0].kernel[...])[~np.asarray(masks["hidden"][0]["kernel"])] == 0)
+  assert int((fresh.head.kernel[...] == 0).sum()) >= int((~masks["head"]["kernel"]).sum())
+
 
 class LinenMLP(nn.Module):
   @nn.compact

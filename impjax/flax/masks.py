@@ -38,8 +38,8 @@ def masks_of(holder: Any, params: tree_utils.Params = None) -> Any:
     opt_state = nnx.as_pure(holder.opt_state)
   else:
     opt_state = getattr(holder, "opt_state", holder)
-  masks = masking.find_prune_state(opt_state).masks
-  params = getattr(holder, "params", None) if params is None else params
+  masks = _pure(masking.find_prune_state(opt_state).masks)
+  params = getattr(holder, "params", None) if params is None else _pure(params)
   return masks if params is None else masking.unpack_masks(masks, params)
 
 
@@ -54,4 +54,9 @@ def prune_model(model: nnx.Module, masks: tree_utils.Masks) -> None:
     0.0
   """
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  nnx.update(model, masking.apply_masks(params, masks))
+  nnx.update(model, masking.apply_masks(params, _pure(masks)))
+
+
+def _pure(tree: Any) -> Any:
+  """Nested dicts for an ``nnx.State`` (as an NNX optimizer holds), else ``tree``."""
+  return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
