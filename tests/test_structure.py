@@ -202,3 +202,48 @@ def test_default_two_four_runs_along_each_kernels_contraction_axis(scan):
     assert (counts == 2).all(), path
   assert planned == (6 if scan else 12)
   assert structure.channel_axes(s)["head/kernel"] == (1,)
+
+
+class _GroupedQueryBlock(nnx.Module):
+  """Gemma-style: RMSNorm, Einsum kernels, fused kv, grouped-query attention by repeating kv
+  heads, a gated MLP whose gate and up projections share one kernel."""
+
+  def __init__(self, rngs):
+    self.q = nnx.Einsum("BTD,NDH->BTNH", (4, 16, 8), rngs=rngs)
+    self.kv = nnx.Einsum("BSD,CKDH->CBSKH", (2, 2, 16, 8), rngs=rngs)
+    self.o = nnx.Einsum("BTNH,NHD->BTD", (4, 8, 16), rngs=rngs)
+    self.gating = nnx.Einsum("BTD,CDF->CBTF", (2, 16, 24), rngs=rngs)
+    self.down = nnx.Einsum("BTF,FD->BTD", (24, 16), rngs=rngs)
+    self.norm = nnx.RMSNorm(16, rngs=rngs)
+
+  def __call__(self, x):
+    y = self.norm(x)
+    k, v = self.kv(y)
+    k, v = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
+    probs = jax.nn.softmax(jnp.einsum("BTNH,BSNH->BNTS", self.q(y), k), axis=-1)
+    x = x + self.o(jnp.einsum("BNTS,BSNH->BTNH", probs, v))
+    gate, up = self.gating(self.norm(x))
+    return x + self.down(jax.nn.gelu(gate) * up)
+
+
+def test_grouped_query_heads_are_kept_whole():
+  graphdef, state = nnx.split(_GroupedQueryBlock(nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+  fn = lambda p, x: nnx.merge(graphdef, p)(x)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 16))
+  s = structure.discover(fn, params, x)
+  (heads,) = _by_kind(s, "heads")
+  # A unit is one kv head with its two query heads (inner=2 along the query-head axis).
+  assert heads.units == 2 and _members(heads) == [("kv/kernel", 1, 1, 1, None),
+                                                  ("o/kernel", 0, 2, 1, None),
+                                                  ("q/kernel", 0, 2, 1, None)]
+  (groups_in_kv,) = _by_kind(s, "query_groups")
+  assert _members(groups_in_kv) == [("o/kernel", 0, 1, 2, None), ("q/kernel", 0, 1, 2, None)]
+  (hidden,) = _by_kind(s, "hidden")
+  assert _members(hidden) == [("down/kernel", 0, 1, 1, None), ("gating/kernel", 2, 1, 1, None)]
+  assert s.kernels["kv/kernel"].contraction == (2,) and s.kernels["kv/kernel"].output == (0, 1, 3)
+  assert s.kernels["o/kernel"].contraction == (0, 1)
+  # (A query group's output also reads the shared values, so it has no producer-only ablation.)
+  for group in (heads, hidden):
+    _, removed, kept = _ablate(fn, params, (x,), s, group)
+    assert removed == 0.0 and kept > 0.0

@@ -11,7 +11,8 @@ override:
   :class:`impjax.groups.Coupled` with its kind: ``hidden`` (an MLP's or a conv block's inner
   units: producer outputs, their bias, a gate, the consumer's contraction), ``heads`` (query,
   key, value and output projections; with grouped-query attention one unit is a kv head with
-  its query heads), ``head_dim``, ``stream`` (the residual stream, across every block and tied
+  its query heads), ``query_groups`` (the index of a query head within its kv head's group),
+  ``head_dim``, ``stream`` (the residual stream, across every block and tied
   embeddings) and ``fixed`` (axes of the model's input or output, or through an operation the
   walk cannot follow, never pruned).
 
@@ -67,7 +68,7 @@ class Group(NamedTuple):
   """A coupled group and what the computation does with it.
 
   Attributes:
-    kind: ``hidden``, ``heads``, ``head_dim``, ``stream`` or ``fixed``.
+    kind: ``hidden``, ``heads``, ``query_groups``, ``head_dim``, ``stream`` or ``fixed``.
     coupled: the members (:class:`impjax.groups.Coupled` of :class:`impjax.groups.Member` s).
     units: units per layer.
     exact: removing units changes nothing but their own contribution (no normalization
@@ -142,6 +143,8 @@ def _kind(flags: frozenset, ancestors: set) -> str:
     return "fixed"
   if "attn_batch" in flags or ("attn_batch", 0) in ancestors:
     return "heads"
+  if not flags & _ATTENTION and any(f == "attn_batch" and pos for f, pos in ancestors):
+    return "query_groups"
   if flags & _ATTENTION or any(f in _ATTENTION for f, _ in ancestors):
     return "head_dim"
   if {"produced", "consumed"} <= flags:
