@@ -247,3 +247,42 @@ def test_grouped_query_heads_are_kept_whole():
   for group in (heads, hidden):
     _, removed, kept = _ablate(fn, params, (x,), s, group)
     assert removed == 0.0 and kept > 0.0
+
+
+def _keep_half(s, stacked_layers=None):
+  keep = {}
+  for name in s.prunable():
+    n = s.groups[name].units
+    row = np.arange(n) % 2 == 1
+    keep[name] = np.tile(row, (stacked_layers, 1)) if stacked_layers else row
+  return keep
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_compacted_linen_model_matches_the_masked_one(scan):
+  fn, params, x = _linen(scan)
+  x = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  s = structure.discover(fn, params, x)
+  keep = _keep_half(s, 3 if scan else None)
+  small, small_fn = structure.compact_model(fn, params, s, keep, x)
+  masks = groups.coupled_masks(params, s.prunable(), keep)
+  masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
+  np.testing.assert_allclose(jax.jit(small_fn)(small, x), fn(masked, x), atol=1e-5)
+  n_small = sum(np.size(a) for a in jax.tree.leaves(small))
+  n_nonzero_lost = sum(int(np.size(p) - np.sum(np.broadcast_to(m, np.shape(p))))
+                       for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)))
+  assert n_small == sum(np.size(a) for a in jax.tree.leaves(params)) - n_nonzero_lost
+
+
+def test_compacted_grouped_query_block_matches_the_masked_one():
+  graphdef, state = nnx.split(_GroupedQueryBlock(nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+  fn = lambda p, x: nnx.merge(graphdef, p)(x)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 16))
+  s = structure.discover(fn, params, x)
+  keep = _keep_half(s)
+  small, small_fn = structure.compact_model(fn, params, s, keep, x)
+  assert small["q"]["kernel"].shape == (2, 16, 8) and small["kv"]["kernel"].shape == (2, 1, 16, 8)
+  masks = groups.coupled_masks(params, s.prunable(), keep)
+  masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
+  np.testing.assert_allclose(small_fn(small, x), fn(masked, x), atol=1e-5)

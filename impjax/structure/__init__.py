@@ -3,6 +3,8 @@
 - ``axis_graph``: axis identities merged by union-find, with composite (factored) axes.
 - ``tracing``: the walk over a jaxpr, primitive by primitive, that builds the axis graph.
 - ``discovery``: :func:`discover`, the kernel axes and coupled groups of a model.
+- ``compaction``: :func:`compact_model`, the smaller params and the model's own computation
+  re-run at the new widths.
 - ``defaults``: path rules and quantization channel axes from the structure.
 
 Example:
@@ -13,6 +15,7 @@ Example:
   KernelAxes(kind='dense', contraction=(0,), output=(1,), layer=None, reads_input=True, writes_output=True)
 """
 
+from impjax.structure.compaction import compact_model
 from impjax.structure.defaults import channel_axes
 from impjax.structure.defaults import rules
 from impjax.structure.discovery import Group
@@ -21,4 +24,4 @@ from impjax.structure.discovery import Structure
 from impjax.structure.discovery import discover
 from impjax.structure.tracing import trace
 
-__all__ = ["Group", "KernelAxes", "Structure", "channel_axes", "discover", "rules", "trace"]
+__all__ = ["Group", "KernelAxes", "Structure", "channel_axes", "compact_model", "discover", "rules", "trace"]
