@@ -37,15 +37,12 @@ from impjax import pruning
 from impjax import tree_utils
 from impjax.structure import tracing
 from impjax.structure.discovery import Structure
-from impjax.structure.discovery import _flatten
-
-_CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-
+from impjax.structure.discovery import flatten_axis
 
 def _group_root(t: tracing.Trace, group: groups.Coupled) -> int:
   """The axis class of a group, found from its first member's place in the leaf axis."""
   m = groups.members(group)[0]
-  flat = _flatten(t.graph, t.leaf_nodes[m.path][m.axis])
+  flat = flatten_axis(t.graph, t.leaf_nodes[m.path][m.axis])
   sizes = [t.graph.size(r) for r in flat]
   for pos, root in enumerate(flat):
     if math.prod(sizes[:pos]) == m.outer and math.prod(sizes[pos + 1:]) == m.inner:
@@ -85,7 +82,7 @@ class _Evaluator:
     return [read(v) for v in jaxpr.outvars]
 
   def call(self, ctx, k, branch, closed, args):
-    jaxpr, consts = tracing._open(closed)
+    jaxpr, consts = tracing.open_jaxpr(closed)
     return self.run(jaxpr, ctx + ((k, branch),), args, consts)
 
   def equation(self, ctx, k, eqn, args):
@@ -102,8 +99,8 @@ class _Evaluator:
       cond = lambda c: self.call(ctx, k, 0, p["cond_jaxpr"], list(cc) + list(c))[0]
       body = lambda c: tuple(self.call(ctx, k, 1, p["body_jaxpr"], list(bc) + list(c)))
       return list(lax.while_loop(cond, body, tuple(init)))
-    if any(c in p for c in _CALLS):
-      closed = next(p[c] for c in _CALLS if c in p)
+    if any(c in p for c in tracing.CALL_PARAMS):
+      closed = next(p[c] for c in tracing.CALL_PARAMS if c in p)
       return self.call(ctx, k, 0, closed, args)
     out_shape = self.shape(ctx, eqn.outvars[0]) if eqn.outvars else ()
     if name == "reshape":

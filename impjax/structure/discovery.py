@@ -109,12 +109,12 @@ _NOT_UNITS = {"opaque", "input", "output", "layer"}
 _ATTENTION = {"attn_batch", "attn_contract", "attn_free"}
 
 
-def _flatten(graph, node: int, depth: int = 0) -> list[int]:
+def flatten_axis(graph, node: int, depth: int = 0) -> list[int]:
   """The non-composite class roots that make up ``node``'s index space, outermost first."""
   factors = graph.factors(node)
   if not factors or depth > 16:
     return [graph.find(node)]
-  return [r for f in factors for r in _flatten(graph, f, depth + 1)]
+  return [r for f in factors for r in flatten_axis(graph, f, depth + 1)]
 
 
 def _ancestor_flags(graph, leaf_nodes) -> dict[int, set[tuple[str, int]]]:
@@ -128,7 +128,7 @@ def _ancestor_flags(graph, leaf_nodes) -> dict[int, set[tuple[str, int]]]:
     if node in seen:
       continue
     seen.add(node)
-    flat = _flatten(graph, node)
+    flat = flatten_axis(graph, node)
     if len(flat) > 1:
       for pos, r in enumerate(flat):
         out.setdefault(r, set()).update((f, pos) for f in graph.flags(node))
@@ -171,7 +171,7 @@ def discover(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) ->
   for path, nodes in t.leaf_nodes.items():
     layer = t.layer_axes.get(path)
     for axis, node in enumerate(nodes):
-      flat = _flatten(graph, node)
+      flat = flatten_axis(graph, node)
       sizes = [graph.size(r) for r in flat]
       for pos, root in enumerate(flat):
         if sizes[pos] == 1 or "layer" in graph.flags(root):

@@ -94,7 +94,8 @@ class Trace(NamedTuple):
 _PASS_THROUGH = {"optimization_barrier", "sharding_constraint", "copy", "copy_p",
                  "mesh_cast", "reshard"}
 _SCAN_AXIS = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"}
-_CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+# Parameters that hold the sub-jaxpr of a call-like primitive (jit, remat, custom derivatives).
+CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 # Elementwise primitives whose output is still a view of a parameter operand (a cast, a
 # masked or scaled kernel) for the uses it reaches.
 _VIEWS = {"convert_element_type", "neg", "reduce_precision", "mul", "div", "select_n", "copy",
@@ -103,7 +104,7 @@ _REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_
                "reduce_or", "reduce_xor", "argmax", "argmin", "reduce_precision_sum"}
 
 
-def _open(j: Any) -> tuple[Any, list]:
+def open_jaxpr(j: Any) -> tuple[Any, list]:
   """``(jaxpr, consts)`` of a ``ClosedJaxpr`` or an open ``Jaxpr``."""
   if isinstance(j, core.ClosedJaxpr):
     return j.jaxpr, list(j.consts)
@@ -167,7 +168,7 @@ class _Walker:
     return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
 
   def call(self, ctx, k, branch, closed, ins) -> tuple[list, list, list]:
-    jaxpr, consts = _open(closed)
+    jaxpr, consts = open_jaxpr(closed)
     return self.run(jaxpr, ctx + ((k, branch),), [i[0] for i in ins], [i[1] for i in ins],
                     [i[2] for i in ins], consts)
 
@@ -183,8 +184,8 @@ class _Walker:
       self.cond(ctx, k, eqn, ins)
     elif name == "while":
       self.while_loop(ctx, k, eqn, ins)
-    elif any(p in eqn.params for p in _CALLS):
-      closed = next(eqn.params[p] for p in _CALLS if p in eqn.params)
+    elif any(p in eqn.params for p in CALL_PARAMS):
+      closed = next(eqn.params[p] for p in CALL_PARAMS if p in eqn.params)
       outs = self.call(ctx, k, 0, closed, ins)
       for v, n, p, i in zip(eqn.outvars, *outs):
         self.write(ctx, v, n, p, i)
