@@ -12,8 +12,6 @@ from impjax import groups
 from impjax import pruning
 from impjax import structure
 from impjax import tree_utils
-from impjax.models import minilm
-from impjax.pruning.structured import encoder_groups
 
 
 class _Block(nn.Module):
@@ -111,23 +109,6 @@ def test_linen_transformer_groups(scan):
   assert s.kernels["embed/kernel"].reads_input and s.kernels["head/kernel"].writes_output
   assert not any(k.reads_input or k.writes_output for p, k in s.kernels.items()
                  if p.startswith(tuple(blocks)))
-
-
-def test_minilm_groups_equal_the_hand_written_ones():
-  config = minilm.MiniLMConfig(vocab_size=30, hidden_size=16, num_heads=(2, 2), head_dim=4,
-                               intermediate_sizes=(12, 10), max_position=8)
-  model = minilm.MiniLM(config, rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  fn = lambda p, ids, mask: nnx.merge(graphdef, p).encode(ids, mask)
-  ids, mask = jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), jnp.int32)
-  s = structure.discover(fn, params, ids, mask)
-  found = sorted(_members(g) for g in s.groups.values() if g.kind in ("hidden", "heads"))
-  want = []
-  for group in encoder_groups(config).values():
-    want.append(sorted((m.path, m.axis, m.inner, m.outer, m.layer) for m in groups.members(group)))
-  assert found == sorted(want)
-  assert all(g.exact for g in s.groups.values() if g.kind in ("hidden", "heads"))
 
 
 def _ablate(fn, params, inputs, s, group):
@@ -285,53 +266,4 @@ def test_compacted_grouped_query_block_matches_the_masked_one():
   assert small["q"]["kernel"].shape == (2, 16, 8) and small["kv"]["kernel"].shape == (2, 1, 16, 8)
   masks = groups.coupled_masks(params, s.prunable(), keep)
   masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
-  np.testing.assert_allclose(small_fn(small, x), fn(masked, x), atol=1e-5)
-
-
-class _BasicBlock(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    norm = lambda: nn.BatchNorm(use_running_average=True)
-    y = nn.relu(norm()(nn.Conv(12, (3, 3), use_bias=False)(x)))
-    return nn.relu(x + norm()(nn.Conv(8, (3, 3), use_bias=False)(y)))
-
-
-class _ResNet(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(8, (3, 3), use_bias=False, name="stem")(x)
-    x = _BasicBlock(name="block1")(_BasicBlock(name="block0")(
-        nn.relu(nn.BatchNorm(use_running_average=True)(x))))
-    return nn.Dense(10, name="head")(x.mean((1, 2)))
-
-
-def test_conv_channels_couple_through_batch_norm_and_compact():
-  model = _ResNet()
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-  variables = model.init(jax.random.PRNGKey(1), x)
-  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(2), v.shape),
-                           variables)  # non-trivial running statistics
-  fn = lambda v, x: model.apply(v, x)
-  s = structure.discover(fn, variables, x)
-  hidden = _by_kind(s, "hidden")
-  assert [_members(h) for h in hidden] == [[
-      (f"batch_stats/{b}/BatchNorm_0/mean", 0, 1, 1, None),
-      (f"batch_stats/{b}/BatchNorm_0/var", 0, 1, 1, None),
-      (f"params/{b}/BatchNorm_0/bias", 0, 1, 1, None),
-      (f"params/{b}/BatchNorm_0/scale", 0, 1, 1, None),
-      (f"params/{b}/Conv_0/kernel", 3, 1, 1, None),
-      (f"params/{b}/Conv_1/kernel", 2, 1, 1, None)] for b in ("block0", "block1")]
-  (stream,) = _by_kind(s, "stream")
-  assert ("params/stem/kernel", 3) in {(m.path, m.axis) for m in groups.members(stream.coupled)}
-  stem = s.kernels["params/stem/kernel"]
-  assert (stem.kind, stem.contraction, stem.output, stem.reads_input) == ("conv", (0, 1, 2), (3,), True)
-  keep = _keep_half(s)
-  small, small_fn = structure.compact_model(fn, variables, s, keep, x)
-  assert small["params"]["block0"]["Conv_0"]["kernel"].shape == (3, 3, 8, 6)
-  masks = groups.coupled_masks(variables, s.prunable(), keep)
-  # A removed channel's batch statistics go with it; in the masked model its BN output is the
-  # BN bias, so the masked reference zeroes the kernels, scale and bias only.
-  masked = jax.tree_util.tree_map_with_path(
-      lambda path, v, m: v if "batch_stats" in tree_utils.path_str(path) else jnp.where(m, v, 0),
-      variables, masks)
   np.testing.assert_allclose(small_fn(small, x), fn(masked, x), atol=1e-5)

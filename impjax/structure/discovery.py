@@ -145,6 +145,8 @@ def _kind(flags: frozenset, ancestors: set) -> str:
     return "heads"
   if not flags & _ATTENTION and any(f == "attn_batch" and pos for f, pos in ancestors):
     return "query_groups"
+  if "attn_query" in flags and not flags & {"attn_batch", "attn_contract"}:
+    return "query_groups"
   if flags & _ATTENTION or any(f in _ATTENTION for f, _ in ancestors):
     return "head_dim"
   if {"produced", "consumed"} <= flags:

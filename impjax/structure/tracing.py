@@ -340,10 +340,11 @@ class _Walker:
         g.flag(ln[d], "attn_batch")
       for d in lc:
         g.flag(ln[d], "attn_contract")
-      for d in lfree:
-        g.flag(ln[d], "attn_free")
-      for d in rfree:
-        g.flag(rn[d], "attn_free")
+      # An axis free in two attention products is on the query side of both (a query
+      # head's index within its kv group, or the query positions).
+      for nodes, free in ((ln, lfree), (rn, rfree)):
+        for d in free:
+          g.flag(nodes[d], "attn_query" if "attn_free" in g.flags(nodes[d]) else "attn_free")
     for nodes, prov, free, contract, batch, other_in in (
         (ln, lp, lfree, lc, lb, ri), (rn, rp, rfree, rc, rb, li)):
       if prov is None:

@@ -1,0 +1,205 @@
+"""The model zoo under impjax's structure tools: every member's discovered MLP-unit and head
+groups equal a hand-written expectation, its default 2:4 rules run along each kernel's
+contraction axis, and half its units and heads compacted match the masked model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from impjax import groups
+from impjax import select
+from impjax import structure
+from impjax import tree_utils
+from impjax.models import zoo
+from impjax.pruning.structured import encoder_groups
+
+
+def _members(group):
+  return sorted((m.path, m.axis, m.inner, m.outer, m.layer) for m in groups.members(group.coupled))
+
+
+def _m(path, axis, inner=1, outer=1, layer=None):
+  return (path, axis, inner, outer, layer)
+
+
+def _vit_expected(c, scan):
+  """Per block: the MLP's hidden units and the heads of q, k, v (kernel and bias) and out."""
+  blocks = ["Transformer/encoderblock"] if scan else [
+      f"Transformer/encoderblock_{i}" for i in range(c.depth)]
+  s, layer = (1, 0) if scan else (0, None)
+  hidden, heads = [], []
+  for b in blocks:
+    mlp, att = f"{b}/MlpBlock_0", f"{b}/MultiHeadDotProductAttention_0"
+    hidden.append((c.mlp_dim, sorted([_m(f"{mlp}/Dense_0/bias", s, layer=layer),
+                                      _m(f"{mlp}/Dense_0/kernel", s + 1, layer=layer),
+                                      _m(f"{mlp}/Dense_1/kernel", s, layer=layer)])))
+    heads.append((c.num_heads, sorted(
+        [_m(f"{att}/{n}/kernel", s + 1, layer=layer) for n in ("query", "key", "value")]
+        + [_m(f"{att}/{n}/bias", s, layer=layer) for n in ("query", "key", "value")]
+        + [_m(f"{att}/out/kernel", s, layer=layer)])))
+  return {"hidden": hidden, "heads": heads}
+
+
+def _lm_expected(c):
+  hidden, heads = [], []
+  for i in range(c.depth):
+    mlp, att = f"decoderblock_{i}/MlpBlock_0", f"decoderblock_{i}/MultiHeadDotProductAttention_0"
+    hidden.append((c.mlp_dim, sorted([_m(f"{mlp}/Dense_0/bias", 0), _m(f"{mlp}/Dense_0/kernel", 1),
+                                      _m(f"{mlp}/Dense_1/kernel", 0)])))
+    heads.append((c.num_heads, sorted(
+        [_m(f"{att}/{n}/kernel", 1) for n in ("query", "key", "value")]
+        + [_m(f"{att}/out/kernel", 0)])))
+  return {"hidden": hidden, "heads": heads}
+
+
+def _gemma_expected(c):
+  """A head unit is one kv head with the query heads of its group (inner = heads per group);
+  a query group's index runs inside each kv head (outer = kv heads)."""
+  g = c.num_groups
+  hidden, heads, query_groups = [], [], []
+  for i in range(c.depth):
+    b = f"blocks/{i}"
+    hidden.append((c.mlp_dim, [_m(f"{b}/mlp/gating_einsum/kernel", 2),
+                               _m(f"{b}/mlp/linear/kernel", 0)]))
+    heads.append((c.num_kv_heads, [_m(f"{b}/attn/attn_vec_einsum/kernel", 0, inner=g),
+                                   _m(f"{b}/attn/kv_einsum/kernel", 1),
+                                   _m(f"{b}/attn/q_einsum/kernel", 0, inner=g)]))
+    if g > 1:
+      query_groups.append((g, [_m(f"{b}/attn/attn_vec_einsum/kernel", 0, outer=c.num_kv_heads),
+                               _m(f"{b}/attn/q_einsum/kernel", 0, outer=c.num_kv_heads)]))
+  return {"hidden": hidden, "heads": heads, "query_groups": query_groups}
+
+
+def _resnet_expected(c):
+  """Each basic block's inner channels: its first conv's outputs, their BatchNorm scale, bias
+  and running statistics, and its second conv's inputs."""
+  hidden = []
+  i = 0
+  for stage, n in enumerate(c.stage_sizes):
+    for _ in range(n):
+      b = f"BasicBlock_{i}"
+      hidden.append((c.num_filters * 2 ** stage, sorted(
+          [_m(f"params/{b}/Conv_0/kernel", 3), _m(f"params/{b}/Conv_1/kernel", 2)]
+          + [_m(f"params/{b}/BatchNorm_0/{n}", 0) for n in ("scale", "bias")]
+          + [_m(f"batch_stats/{b}/BatchNorm_0/{n}", 0) for n in ("mean", "var")])))
+      i += 1
+  return {"hidden": hidden, "heads": []}
+
+
+def _minilm_expected(c):
+  """MiniLM's hand-written groups (:func:`encoder_groups`)."""
+  out = {"hidden": [], "heads": []}
+  for name, coupled in encoder_groups(c).items():
+    i = int(name.split("/")[1])
+    kind, units = (("hidden", c.intermediate_sizes[i]) if name.endswith("mlp")
+                   else ("heads", c.num_heads[i]))
+    out[kind].append((units, sorted((m.path, m.axis, m.inner, m.outer, m.layer)
+                                    for m in groups.members(coupled))))
+  return out
+
+
+def _expected(member):
+  c = member.config
+  if member.name in ("vit", "vit_scan"):
+    return _vit_expected(c, member.name == "vit_scan")
+  if member.name == "lm":
+    return _lm_expected(c)
+  if member.name in ("gemma", "gemma_mha"):
+    return _gemma_expected(c)
+  if member.name == "resnet":
+    return _resnet_expected(c)
+  return _minilm_expected(c)
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def member(request):
+  return zoo.build(request.param)
+
+
+@pytest.fixture(scope="module")
+def found(member):
+  return structure.discover(member.apply, member.params, *member.inputs)
+
+
+def test_discovered_groups_equal_the_hand_written_ones(member, found):
+  expected = _expected(member)
+  for kind, want in expected.items():
+    got = [(g.units, _members(g)) for g in found.groups.values() if g.kind == kind]
+    assert sorted(got) == sorted((n, sorted(ms)) for n, ms in want), (member.name, kind)
+  prunable = found.prunable()
+  assert len(prunable) == len(expected["hidden"]) + len(expected["heads"])
+
+
+def test_stems_classifiers_and_embeddings_are_read_as_such(member, found):
+  k = found.kernels
+  reads = sorted(p for p, a in k.items() if a.reads_input and a.kind != "embedding")
+  writes = sorted(p for p, a in k.items() if a.writes_output)
+  embeddings = sorted(p for p, a in k.items() if a.kind == "embedding")
+  want = {
+      "vit": (["embedding/kernel"], ["head/kernel"], []),
+      "vit_scan": (["embedding/kernel"], ["head/kernel"], []),
+      "lm": ([], ["logits/kernel"], ["embed/embedding"]),
+      "gemma": ([], ["embedder/embedding"], ["embedder/embedding"]),
+      "gemma_mha": ([], ["embedder/embedding"], ["embedder/embedding"]),
+      "resnet": (["params/conv_init/kernel"], ["params/head/kernel"], []),
+      "minilm": ([], [], ["embeddings/position/embedding", "embeddings/token_type/embedding",
+                          "embeddings/word/embedding"]),
+  }[member.name]
+  assert (reads, writes, embeddings) == want
+  if member.name.startswith("gemma"):  # the tied embedding is both the stem and the unembedding
+    (stream,) = [g for g in found.groups.values() if g.kind == "stream"]
+    assert ("embedder/embedding", 1) in {(m.path, m.axis) for m in groups.members(stream.coupled)}
+
+
+def test_default_two_four_runs_along_each_kernels_contraction_axis(member, found):
+  params = member.params
+  the_plan = groups.plan(params, structure.rules(found, params, groups.n_of_m(2, 4)))
+  masks = select.masks(jax.tree.map(jnp.abs, params), the_plan, 0.5)
+  planned = 0
+  for path, p, g, m in zip(tree_utils.path_names(params), jax.tree.leaves(params),
+                           jax.tree.leaves(the_plan), jax.tree.leaves(masks)):
+    k = found.kernels.get(path)
+    if g.kind == "dense":
+      assert k is None or k.kind == "embedding" or k.reads_input or k.writes_output or all(
+          np.shape(p)[a] % 4 for a in k.contraction), path
+      continue
+    planned += 1
+    assert g.kind == "n_of_m" and g.axis in k.contraction and g.axis != k.layer, path
+    moved = np.moveaxis(np.asarray(m), g.axis, -1)
+    assert (moved.reshape(moved.shape[:-1] + (-1, 4)).sum(-1) == 2).all(), path
+  assert planned >= 2 * len(_expected(member)["hidden"])
+
+
+def _keep_half(member, s):
+  keep = {}
+  for name, coupled in s.prunable().items():
+    row = np.arange(s.groups[name].units) % 2 == 1
+    stacked = any(m.layer is not None for m in groups.members(coupled))
+    keep[name] = np.tile(row, (member.config.depth, 1)) if stacked else row
+  return keep
+
+
+def test_half_the_units_and_heads_compacted_match_the_masked_model(member, found):
+  params = member.params
+  keep = _keep_half(member, found)
+  small, small_fn = structure.compact_model(member.apply, params, found, keep, *member.inputs)
+  masks = groups.coupled_masks(params, found.prunable(), keep)
+  # A removed channel's running statistics leave with it; in the masked model its BatchNorm
+  # output is the BN bias, so the masked reference zeroes parameters only.
+  masked = jax.tree_util.tree_map_with_path(
+      lambda path, v, m: v if "batch_stats" in tree_utils.path_str(path) else jnp.where(m, v, 0),
+      params, masks)
+  want = member.apply(masked, *member.inputs)
+  np.testing.assert_allclose(small_fn(small, *member.inputs), want, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(small_fn)(small, *member.inputs), want, atol=1e-5)
+  removed = sum(int(np.size(p) - np.sum(np.broadcast_to(m, np.shape(p))))
+                for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)))
+  n = lambda tree: sum(np.size(a) for a in jax.tree.leaves(tree))
+  assert removed > 0 and n(small) == n(params) - removed
+  # Every kept entry is the original's: the small params are the masked ones' remaining entries.
+  for path, leaf in tree_utils.leaves_by_path(small).items():
+    kept = np.asarray(tree_utils.leaves_by_path(masks)[path])
+    full = np.asarray(tree_utils.leaves_by_path(params)[path])
+    np.testing.assert_array_equal(np.sort(np.asarray(leaf).ravel()),
+                                  np.sort(full[np.broadcast_to(kept, full.shape)].ravel()))
