@@ -6,6 +6,8 @@ re-scored rounds, structured pruning of coupled units and heads, and compaction.
 - ``rounds``: pruning to a target in re-scored cuts (:func:`prune_in_rounds`).
 - ``structured``: MiniLM's coupled groups, entropy-Taylor unit scores, AMP width search.
 - ``compact``: slicing kept units out of the arrays (a smaller model, same outputs).
+- ``dare``: DARE's random drop and rescale of fine-tuning deltas, and importance-scored
+  delta pruning (:func:`dare`, :func:`prune_deltas`).
 
 Example:
   >>> import jax.numpy as jnp
@@ -18,6 +20,9 @@ Example:
 
 from impjax.pruning.compact import compact
 from impjax.pruning.compact import compact_encoder
+from impjax.pruning.dare import dare
+from impjax.pruning.dare import deltas
+from impjax.pruning.dare import prune_deltas
 from impjax.pruning.layerwise import METHODS
 from impjax.pruning.layerwise import linear_paths
 from impjax.pruning.layerwise import prune_kernel
@@ -37,11 +42,14 @@ __all__ = [
     "amp_search",
     "compact",
     "compact_encoder",
+    "dare",
+    "deltas",
     "encoder_groups",
     "entropy_taylor_scores",
     "inverse_hessian_factor",
     "keep_top",
     "linear_paths",
+    "prune_deltas",
     "prune_in_rounds",
     "prune_kernel",
     "prune_layerwise",
