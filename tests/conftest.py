@@ -51,6 +51,11 @@ def pytest_collection_modifyitems(config, items):
     if path.as_posix() in SLOW_FILES or (isinstance(item, pytest.DoctestItem)
                                          and item.name in SLOW_DOCTESTS):
       item.add_marker(pytest.mark.slow)
+  # The long items run first (the notebooks first of all): pytest-xdist hands the rest to
+  # whichever worker is free, so both workers end on short tests instead of one waiting on a
+  # notebook started last.
+  items.sort(key=lambda item: (item.name.startswith("test_executes") is False,
+                               item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture
