@@ -213,8 +213,8 @@ def tree_bytes(tree: Any) -> int:
 
 
 def tree_size(tree: Any) -> int:
-  """Number of values in a pytree's arrays."""
-  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+  """Number of values in a pytree's arrays (or ``jax.ShapeDtypeStruct`` s)."""
+  return int(sum(math.prod(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree)))
 
 
 # ----------------------------------------------------------------------------------- results

@@ -29,6 +29,7 @@ BENCHMARKS = (
     "speed/selection",
     "speed/sharded_overhead",
     "speed/state_memory",
+    "speed/any_model",
     "quality/one_shot_quality",
     "quality/mixed_precision",
     "quality/dropout_ordering",

@@ -106,7 +106,8 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  # any failure to load is damage
-      raise ValueError(f"it does not load ({type(e).__name__}: {str(e)[:300]})") from e
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise ValueError(f"it does not load ({type(e).__name__}: {first_line[:200]})") from e
     meta = dict(restored["meta"] or {})
     saved = meta.pop(_DIGESTS, None)
     if saved is None:

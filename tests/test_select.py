@@ -470,8 +470,9 @@ def test_masks_element_default_plan(params):
   imp = jax.tree.map(jnp.abs, params)
   the_plan = groups.plan(params)
   kernels = {k: {"kernel": v["kernel"]} for k, v in imp.items()}
+  exact = select.selector(floor=0.0)  # no floor: exactly the budget, every leaf may empty
   for s in (0.0, 0.6, 1.0):
-    got = select.masks(imp, the_plan, s)
+    got = select.masks(imp, the_plan, s, exact)
     want = ref_topk(kernels, s)
     for layer in imp:
       np.testing.assert_array_equal(got[layer]["kernel"], want[layer]["kernel"])
@@ -480,13 +481,42 @@ def test_masks_element_default_plan(params):
   chex.assert_trees_all_equal(traced, select.masks(imp, the_plan, 0.6))
 
 
+@pytest.mark.parametrize("granularity", [groups.element(), groups.neurons(-1)])
+@pytest.mark.parametrize("floor", [0.01, 0.2])
+def test_the_floor_keeps_the_best_groups_of_a_leaf_a_global_budget_would_empty(
+    params, granularity, floor):
+  imp = jax.tree.map(jnp.abs, params)
+  imp["dense1"]["kernel"] = imp["dense1"]["kernel"] * 1e-3  # the global budget takes it first
+  the_plan = groups.plan(params, [("kernel", granularity)])
+  units = ({k: {"kernel": np.asarray(v["kernel"], np.float64)} for k, v in imp.items()}
+           if granularity.kind == "element" else _np_unit_scores(imp, the_plan, "sum"))
+  for s in (0.5, 0.9, 1.0):
+    got = select.masks(imp, the_plan, s, select.selector(floor=floor))
+    want = ref_topk({k: {"kernel": v["kernel"]} for k, v in units.items()}, s)
+    floored = 0
+    for layer in params:
+      u = units[layer]["kernel"]
+      least = max(1, int(np.ceil(floor * u.size)))
+      keep = want[layer]["kernel"]
+      if keep.sum() < least:  # the leaf's own best `least` groups instead
+        floored += 1
+        keep = ref_topk({"x": u}, (u.size - least) / u.size)["x"]
+      full = np.broadcast_to(np.asarray(got[layer]["kernel"]), params[layer]["kernel"].shape)
+      unit_mask = full if granularity.kind == "element" else full.reshape(-1, u.size)[0]
+      np.testing.assert_array_equal(unit_mask, keep, err_msg=f"{layer} at {s}")
+    assert floored >= (1 if s >= 0.9 else 0)
+    jitted = jax.jit(lambda imp, s: select.masks(imp, the_plan, s, select.selector(floor=floor)))
+    chex.assert_trees_all_equal(jitted(imp, jnp.float32(s)), got)
+
+
 @pytest.mark.parametrize("how,normalizer", [("sum", "none"), ("l2", "lamp"), ("mean", "max"),
                                             ("max", "l2")])
 def test_masks_neurons_prune_whole_units(params, how, normalizer):
   imp = jax.tree.map(jnp.abs, params)
   the_plan = groups.plan(params, [("kernel", groups.neurons(-1))])
   s = 0.45
-  got = select.masks(imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer))
+  got = select.masks(imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer,
+                                                       floor=0.0))
   units = jax.tree.map(lambda u: _np_normalize(u, normalizer),
                        _np_unit_scores(imp, the_plan, how))
   want_units = ref_topk({k: {"kernel": v["kernel"]} for k, v in units.items()}, s)
@@ -503,7 +533,8 @@ def test_masks_neurons_prune_whole_units(params, how, normalizer):
   if how != "sum":  # eager == jit checked for one configuration (each costs a compile)
     return
   jitted = jax.jit(lambda imp, s: select.masks(
-      imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer)))(imp, jnp.float32(s))
+      imp, the_plan, s, select.selector(reduce=how, normalizer=normalizer, floor=0.0)))(
+          imp, jnp.float32(s))
   chex.assert_trees_all_equal(jitted, got)
 
 

@@ -17,7 +17,7 @@ PLAN = ij.groups.plan(PARAMS)
 @pytest.mark.parametrize("kwargs, field", [
     ({"reduce": "median"}, "reduce"), ({"normalizer": "z"}, "normalizer"),
     ({"allocation": "dense"}, "allocation"), ({"allocation": "erk"}, "allocation='erk'"),
-    ({"scope": 3}, "scope")])
+    ({"scope": 3}, "scope"), ({"floor": 1.5}, "floor"), ({"floor": "1%"}, "floor")])
 def test_selector_refuses_fields_that_cannot_work(kwargs, field):
   with pytest.raises(ValueError, match=field):
     ij.select.selector(**kwargs)

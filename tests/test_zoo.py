@@ -10,6 +10,7 @@ import pytest
 from impjax import groups
 from impjax import select
 from impjax import structure
+from impjax import transforms
 from impjax import tree_utils
 from impjax.models import zoo
 from impjax.pruning.structured import encoder_groups
@@ -193,6 +194,9 @@ def test_half_the_units_and_heads_compacted_match_the_masked_model(member, found
   want = member.apply(masked, *member.inputs)
   np.testing.assert_allclose(small_fn(small, *member.inputs), want, atol=1e-5)
   np.testing.assert_allclose(jax.jit(small_fn)(small, *member.inputs), want, atol=1e-5)
+  longer = tuple(jnp.concatenate([x, x[:1]]) for x in member.inputs)  # another batch size
+  np.testing.assert_allclose(jax.jit(small_fn)(small, *longer), member.apply(masked, *longer),
+                             atol=1e-5)
   removed = sum(int(np.size(p) - np.sum(np.broadcast_to(m, np.shape(p))))
                 for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)))
   n = lambda tree: sum(np.size(a) for a in jax.tree.leaves(tree))
@@ -203,3 +207,23 @@ def test_half_the_units_and_heads_compacted_match_the_masked_model(member, found
     full = np.asarray(tree_utils.leaves_by_path(params)[path])
     np.testing.assert_array_equal(np.sort(np.asarray(leaf).ravel()),
                                   np.sort(full[np.broadcast_to(kept, full.shape)].ravel()))
+
+
+def test_per_channel_quantization_has_one_scale_per_output_channel(member, found):
+  params = member.params
+  schemes = structure.schemes(found, params)
+  kernels = {p for p, k in found.kernels.items() if k.kind != "embedding"}
+  bits = tree_utils.map_with_path(lambda path, _: 4 if path in kernels else None, params)
+  out = tree_utils.leaves_by_path(transforms.fake_quant(params, bits, schemes))
+  leaves = tree_utils.leaves_by_path(params)
+  by_path = tree_utils.leaves_by_path(schemes)
+  for path in kernels:
+    k, w = found.kernels[path], np.asarray(leaves[path], np.float64)
+    own = set(k.output) | ({k.layer} if k.layer is not None else set())
+    assert set(by_path[path].channel_axes) == own, path
+    # By hand: one symmetric 4-bit scale per index of the output (and layer) axes.
+    absmax = np.abs(w).max(axis=tuple(a for a in range(w.ndim) if a not in own), keepdims=True)
+    assert absmax.size == np.prod([w.shape[a] for a in own])
+    scale = np.where(absmax > 0, absmax / 7, 1.0)
+    np.testing.assert_allclose(out[path], np.clip(np.round(w / scale), -7, 7) * scale,
+                               rtol=1e-5, atol=1e-6, err_msg=path)

@@ -117,14 +117,14 @@ def _narrow(bits: jax.Array, scale: jax.Array, shape: tuple[int, ...],
   return width.reshape(-1) <= NIBBLE_BITS
 
 
-def export(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+def export(params: tree_utils.Params, bits: Any, scheme: Any = numerics.Scheme(),
            clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Any:
   """Stores ``params`` quantized as ``bits`` (concrete) says.
 
   Args:
     params: float weights.
     bits: bits tree as for :func:`impjax.transforms.fake_quant` (concrete values).
-    scheme: the quantization scheme.
+    scheme: the quantization scheme, or a tree of them (:func:`impjax.structure.schemes`).
     clip: optional clip-ratio tree (e.g. from :func:`impjax.quantization.clip_ratios`).
     salient: optional tree like ``params`` of concrete bool masks that broadcast to their
       leaf (``None`` leaves: none), e.g. :func:`impjax.select.salient_channels`: those values
@@ -153,8 +153,9 @@ def export(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numer
   numerics.check_bits("salient_bits", salient_bits)
   clip = jax.tree.map(lambda _: None, params) if clip is None else clip
   salient = numerics.check_salient_tree(params, salient)
+  schemes = numerics.scheme_tree(params, scheme)
 
-  def leaf(path, x, b, c, s):
+  def leaf(path, x, b, c, s, scheme):
     if b is None:
       return x
     if numerics.is_format(b):
@@ -183,7 +184,7 @@ def export(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numer
         packed, salient=jnp.packbits(jnp.asarray(s).reshape(-1), bitorder="little"),
         salient_scale=kept.scale, salient_zero_point=kept.zero_point,
         salient_bits=jnp.asarray(salient_bits, jnp.int8), salient_shape=tuple(np.shape(s)))
-  return tree_utils.map_with_path(leaf, params, bits, clip, salient)
+  return tree_utils.map_with_path(leaf, params, bits, clip, salient, schemes)
 
 
 def _is_packed(x: Any) -> bool:

@@ -363,16 +363,36 @@ def _given_leaves(params: tree_utils.Params, tree: Any, name: str) -> list[tuple
           if b is not _KEEP]
 
 
-def check_bits_tree(params: tree_utils.Params, bits: Any, scheme: Scheme) -> None:
-  """Checks a bits tree against ``params`` (structure, values, scale shapes), naming leaves.
+def scheme_tree(params: tree_utils.Params, scheme: Any) -> Any:
+  """A tree like ``params`` of :class:`Scheme` s: ``scheme`` at every leaf, or ``scheme``
+  checked when it already is such a tree (e.g. :func:`impjax.structure.schemes`, one channel
+  layout per kernel); ``ValueError`` naming the leaf that is not a :class:`Scheme`.
+
+  Example:
+    >>> scheme_tree({"w": jnp.ones(4)}, Scheme())
+    {'w': Scheme(symmetric=True, channel_axes=(), group_size=None, group_axis=-2, convention='hawq')}
+  """
+  if isinstance(scheme, Scheme):
+    return jax.tree.map(lambda _: scheme, params)
+  tree_utils.check_same_structure(params, scheme, names=("params", "scheme"), shapes=False)
+  for path, sc in zip(tree_utils.path_names(params), jax.tree.leaves(scheme)):
+    if not isinstance(sc, Scheme):
+      raise ValueError(f"scheme of leaf '{path}' must be a Scheme, got {type(sc).__name__}.")
+  return scheme
+
+
+def check_bits_tree(params: tree_utils.Params, bits: Any, scheme: Any) -> None:
+  """Checks a bits tree against ``params`` (structure, values, scale shapes), naming leaves;
+  ``scheme`` is a :class:`Scheme` or a tree of them (:func:`scheme_tree`).
 
   Example:
     >>> check_bits_tree({"w": jnp.ones(4)}, {"w": 3}, Scheme())
   """
+  schemes = dict(zip(tree_utils.path_names(params), jax.tree.leaves(scheme_tree(params, scheme))))
   for path, x, b in _given_leaves(params, bits, "bits"):
     check_bits(path, b)
     if not is_format(b):
-      shape = scale_shape(np.shape(x), scheme, path)
+      shape = scale_shape(np.shape(x), schemes[path], path)
       if np.broadcast_shapes(np.shape(b), shape) != shape:
         raise ValueError(f"bits of leaf '{path}' have shape {np.shape(b)}, which does not "
                          f"broadcast to its scales' shape {shape}; per-channel bits need "

@@ -98,7 +98,7 @@ def clip_ratio(kernel: jax.Array, bits: Any, gram: jax.Array,
 
 
 def clip_ratios(params: tree_utils.Params, bits: Any, grams: Any,
-              scheme: numerics.Scheme = numerics.Scheme(),
+              scheme: Any = numerics.Scheme(),
               ratios: Sequence[float] = CLIP_RATIOS) -> Any:
   """Clip ratios for every leaf with integer bits and a gram (:func:`clip_ratio`).
 
@@ -106,7 +106,7 @@ def clip_ratios(params: tree_utils.Params, bits: Any, grams: Any,
     params: the trained weights.
     bits: bits tree as for :func:`impjax.transforms.fake_quant`.
     grams: tree like ``params`` with a gram per calibrated kernel, ``None`` elsewhere.
-    scheme: the quantization scheme.
+    scheme: the quantization scheme, or a tree of them.
     ratios: candidate clip ratios.
 
   Returns:
@@ -125,11 +125,11 @@ def clip_ratios(params: tree_utils.Params, bits: Any, grams: Any,
       params, jax.tree.map(lambda g: 0 if g is None else g, grams, is_leaf=is_none),
       names=("params", "grams"), shapes=False)
 
-  def leaf(path, w, b, g):
+  def leaf(path, w, b, g, scheme):
     if b is None or g is None or numerics.is_format(b):
       return None
     try:
       return clip_ratio(w, b, g, scheme, ratios)
     except ValueError as e:
       raise ValueError(f"Leaf '{path}': {e}") from e
-  return tree_utils.map_with_path(leaf, params, bits, grams)
+  return tree_utils.map_with_path(leaf, params, bits, grams, numerics.scheme_tree(params, scheme))

@@ -44,14 +44,14 @@ def _approx(w: jax.Array, choice: int | str, scheme: numerics.Scheme) -> jax.Arr
 
 def squared_errors(params: tree_utils.Params, choices: Sequence[int | str],
                    the_plan: tree_utils.Plan,
-                   scheme: numerics.Scheme = numerics.Scheme()) -> list[Any]:
+                   scheme: Any = numerics.Scheme()) -> list[Any]:
   """``(Q_b(W) - W)^2`` per candidate ``b``, for every planned leaf (zeros for dense leaves).
 
   Args:
     params: the weights.
     choices: candidate precisions: integer bits or float format names.
     the_plan: :func:`impjax.groups.plan` (dense leaves are not quantized).
-    scheme: the integer quantization scheme.
+    scheme: the integer quantization scheme, or a tree of them.
 
   Returns:
     One float32 tree like ``params`` per choice.
@@ -65,19 +65,20 @@ def squared_errors(params: tree_utils.Params, choices: Sequence[int | str],
     [0.0, 0.0, 0.01]
   """
   tree_utils.check_same_structure(the_plan, params, names=("plan", "params"), shapes=False)
+  schemes = numerics.scheme_tree(params, scheme)
   out = []
   for choice in choices:
-    def leaf(g, w, choice=choice):
+    def leaf(g, w, scheme, choice=choice):
       if g.kind == "dense":
         return jnp.zeros(jnp.shape(w), jnp.float32)
       return jnp.square(_approx(w, choice, scheme) - w.astype(jnp.float32))
-    out.append(jax.tree.map(leaf, the_plan, params))
+    out.append(jax.tree.map(leaf, the_plan, params, schemes))
   return out
 
 
 def hawq_table(params: tree_utils.Params, hessian_diag: Any, choices: Sequence[int | str],
                the_plan: tree_utils.Plan,
-               scheme: numerics.Scheme = numerics.Scheme()) -> Any:
+               scheme: Any = numerics.Scheme()) -> Any:
   """HAWQ sensitivity tables ``(units, choices)`` per leaf: :func:`impjax.scores.hawq` of the
   :func:`squared_errors` of ``choices``.
 
@@ -96,7 +97,7 @@ def hawq_table(params: tree_utils.Params, hessian_diag: Any, choices: Sequence[i
 
 def output_error_table(params: tree_utils.Params, input_moments: Any, choices: Sequence[int | str],
                        the_plan: tree_utils.Plan,
-                       scheme: numerics.Scheme = numerics.Scheme()) -> Any:
+                       scheme: Any = numerics.Scheme()) -> Any:
   """Layer-output error of every candidate precision, per unit: ``(units, choices)`` tables.
 
   For a kernel ``W`` (contraction axes first, outputs last) with ``D = Q_b(W) - W`` and the
@@ -113,7 +114,7 @@ def output_error_table(params: tree_utils.Params, input_moments: Any, choices: S
       per planned kernel (``k`` = product of its leading axes), ``None`` for dense leaves.
     choices: candidate precisions: integer bits or float format names.
     the_plan: :func:`impjax.groups.plan` (dense leaves get ``(0, len(choices))`` tables).
-    scheme: the integer quantization scheme.
+    scheme: the integer quantization scheme, or a tree of them.
 
   Returns:
     A tree like ``params`` of float32 ``(num_units, len(choices))`` tables.
@@ -131,7 +132,7 @@ def output_error_table(params: tree_utils.Params, input_moments: Any, choices: S
     numerics.check_bits("choices", choice)
   tree_utils.check_same_structure(the_plan, params, names=("plan", "params"), shapes=False)
 
-  def leaf(path, g, w, m):
+  def leaf(path, g, w, m, scheme):
     if g.kind == "dense":
       return jnp.zeros((0, len(choices)), jnp.float32)
     rows = math.prod(np.shape(w)[:-1])
@@ -147,4 +148,5 @@ def output_error_table(params: tree_utils.Params, input_moments: Any, choices: S
       cols.append(groups.reduce_leaf((d * weighted).reshape(np.shape(w)), g, "sum"))
     return jnp.stack(cols, -1)
   return tree_utils.map_with_path(leaf, the_plan, params, input_moments,
+                                  numerics.scheme_tree(params, scheme),
                                   is_leaf=lambda v: isinstance(v, groups.Granularity))

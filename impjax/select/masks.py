@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -31,7 +32,9 @@ def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity
 
   Leaves planned as ``n_of_m`` get N:M masks; the other prunable leaves are reduced to group
   scores (``selector.reduce``), normalized per leaf (``selector.normalizer``), and pruned
-  together by :func:`topk` with ``sparsity`` over ``selector.scope``. Dense leaves get a
+  together by :func:`topk` with ``sparsity`` over ``selector.scope``; a leaf cut below
+  ``selector.floor`` of its groups keeps its best ``ceil(floor * groups)`` instead (so even
+  ``sparsity=1`` keeps them; ``floor=0`` prunes exactly the budget). Dense leaves get a
   scalar ``True``.
 
   Args:
@@ -60,12 +63,25 @@ def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity
   if previous is not None:
     grouped = jax.tree.map(_rank_pruned_last, grouped, the_plan, previous, importance)
   group_masks = topk(grouped, sparsity, scope=selector.scope)
+  if selector.floor > 0:
+    group_masks = jax.tree.map(
+        lambda m, s, g: m if g.kind == "n_of_m" or s.size == 0 else _floored(m, s, selector.floor),
+        group_masks, grouped, the_plan)
 
   def leaf(s, g, m):
     if g.kind == "n_of_m":
       return n_of_m_leaf(s, g.n, g.m, g.axis)
     return groups.expand_leaf(m, g, np.shape(s))
   return jax.tree.map(leaf, importance, the_plan, group_masks)
+
+
+def _floored(mask: jax.Array, group_scores: jax.Array, floor: float) -> jax.Array:
+  """``mask``, or the leaf's own ``ceil(floor * n)`` best groups where it keeps fewer (a
+  ``lax.cond``: the local selection runs only for a leaf under its floor)."""
+  n = group_scores.size
+  least = min(n, max(1, math.ceil(floor * n)))
+  own = lambda: topk({"x": group_scores}, (n - least) / n, scope="local")["x"]
+  return jax.lax.cond(jnp.sum(mask) >= least, lambda: mask, own)
 
 
 def _rank_pruned_last(group_scores, g, previous_mask, leaf):

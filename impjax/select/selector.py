@@ -41,11 +41,17 @@ class Selector(NamedTuple):
     normalizer: per-leaf normalizer of group scores (``none``, ``l2``, ``max``, ``lamp``).
     allocation: ``None`` (the sparsity is the budget of every scope), ``"uniform"`` or
       ``"erk"`` (per-leaf budgets scaled from the final sparsity; needs ``scope="local"``).
+    floor: the share of each prunable leaf's groups (elements, neurons, blocks) that is always
+      kept, at least one group when positive: a leaf that a budget would cut below it keeps
+      its ``ceil(floor * groups)`` best instead, so no global budget empties a layer (the
+      pruned count then falls short of the budget by those groups). ``0``: no floor. N:M
+      leaves never need one.
   """
   scope: Scope = "global"
   reduce: str = "sum"
   normalizer: str = "none"
   allocation: str | None = None
+  floor: float = 0.01
 
   def budget(self, params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: Any,
              final: float) -> Any:
@@ -69,7 +75,7 @@ class Selector(NamedTuple):
 
 
 def selector(scope: Scope = "global", reduce: str = "sum", normalizer: str = "none",
-             allocation: str | None = None) -> Selector:
+             allocation: str | None = None, floor: float = 0.01) -> Selector:
   """A checked :class:`Selector`; ``ValueError`` naming the field that cannot work.
 
   Example:
@@ -90,4 +96,6 @@ def selector(scope: Scope = "global", reduce: str = "sum", normalizer: str = "no
                      "scope='local'.")
   if not (scope in ("global", "local") or callable(scope)):
     raise ValueError(f"Selector scope must be 'global', 'local' or a callable, got {scope!r}.")
-  return Selector(scope, reduce, normalizer, allocation)
+  if not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+    raise ValueError(f"Selector floor must be a number in [0, 1], got {floor!r}.")
+  return Selector(scope, reduce, normalizer, allocation, float(floor))

@@ -6,6 +6,8 @@
 - ``compaction``: :func:`compact_model`, the smaller params and the model's own computation
   re-run at the new widths.
 - ``defaults``: path rules and quantization channel axes from the structure.
+- ``selection``: unit scores of the groups and the units each layer keeps.
+- ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
 
 Example:
   >>> import jax.numpy as jnp
@@ -18,10 +20,19 @@ Example:
 from impjax.structure.compaction import compact_model
 from impjax.structure.defaults import channel_axes
 from impjax.structure.defaults import rules
+from impjax.structure.defaults import schemes
 from impjax.structure.discovery import Group
 from impjax.structure.discovery import KernelAxes
 from impjax.structure.discovery import Structure
 from impjax.structure.discovery import discover
+from impjax.structure.ordering import at_width
+from impjax.structure.ordering import keep_at_width
+from impjax.structure.ordering import unit_ranks
+from impjax.structure.ordering import width_masks
+from impjax.structure.selection import group_scores
+from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
 
-__all__ = ["Group", "KernelAxes", "Structure", "channel_axes", "compact_model", "discover", "rules", "trace"]
+__all__ = ["Group", "KernelAxes", "Structure", "at_width", "channel_axes", "compact_model",
+           "discover", "group_scores", "keep_at_width", "keep_units", "rules", "schemes", "trace",
+           "unit_ranks", "width_masks"]

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import jax
 from jax import lax
+import jax.numpy as jnp
 from jax.extend import core
 import numpy as np
 
@@ -145,7 +146,9 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
     s: its :class:`Structure`.
     keep: ``{group name: bool keep vector}`` (``(layers, units)`` for a stacked group, one
       kept count in every layer); absent groups are kept whole.
-    *inputs: example inputs (the compacted function takes inputs of these shapes).
+    *inputs: example inputs (arrays or ``jax.ShapeDtypeStruct`` s); the compacted function
+      also takes inputs of other shapes (another batch size, another sequence length): the
+      model is traced again at those shapes, once per shape.
 
   Returns:
     ``(small_params, small_fn)`` with ``small_fn(small_params, *inputs)`` equal to ``fn`` of
@@ -153,15 +156,25 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
   """
   chosen = {name: s.groups[name].coupled for name in keep}
   small = pruning.compact(params, chosen, keep)
-  t = tracing.trace(fn, params, *inputs)
-  kept = {}
-  for name, group in chosen.items():
-    kept[t.graph.find(_group_root(t, group))] = int(np.asarray(keep[name], bool).sum(-1).max())
-  evaluator = _Evaluator(t, kept)
-  jaxpr = t.jaxpr
-  out_tree = jax.tree.structure(jax.eval_shape(fn, params, *inputs))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params)
+  counts = {name: int(np.asarray(keep[name], bool).sum(-1).max()) for name in chosen}
+  programs: dict[Any, tuple] = {}
+
+  def program(args):
+    """The evaluator, jaxpr and output structure of ``fn`` traced at the shapes of ``args``."""
+    key = tuple((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(args))
+    if key not in programs:
+      shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args)
+      t = tracing.trace(fn, abstract, *shapes)
+      kept = {t.graph.find(_group_root(t, group)): counts[name] for name, group in chosen.items()}
+      programs[key] = (_Evaluator(t, kept), t.jaxpr,
+                       jax.tree.structure(jax.eval_shape(fn, abstract, *shapes)))
+    return programs[key]
+
+  program(inputs)  # traced now at the example shapes
 
   def small_fn(small_params, *args):
+    evaluator, jaxpr, out_tree = program(args)
     flat = jax.tree.leaves(small_params) + jax.tree.leaves(args)
     outs = evaluator.run(jaxpr.jaxpr, (), flat, jaxpr.consts)
     return jax.tree.unflatten(out_tree, outs)

@@ -6,7 +6,8 @@
 along its discovered contraction axis and neurons along its output axis; the layers that read
 the model's input or write its output (stems, classifiers, logit projections), embeddings,
 biases and norms stay dense unless asked. :func:`channel_axes` gives each kernel's output axes,
-for one quantization scale per output channel.
+for one quantization scale per output channel, and :func:`schemes` a quantization scheme per
+leaf with those axes.
 
 Reference: Zhou et al. 2021 (N:M along the input dimension); Evci et al. 2020 and Frantar &
 Alistarh 2023 keep the first and last layers dense.
@@ -24,12 +25,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from typing import Any
 
 import numpy as np
 
 from impjax import groups
 from impjax import tree_utils
+from impjax.quantization import numerics
 from impjax.structure.discovery import Structure
 
 
@@ -68,7 +72,8 @@ def rules(s: Structure, params: tree_utils.Params,
 
 
 def channel_axes(s: Structure) -> dict[str, tuple[int, ...]]:
-  """``{kernel path: output axes}``: the axes that keep their own quantization scale.
+  """``{kernel path: axes}``: the axes that keep their own quantization scale, each kernel's
+  output axes and, for a stacked kernel, its layer axis.
 
   Example:
     >>> import jax.numpy as jnp
@@ -77,4 +82,33 @@ def channel_axes(s: Structure) -> dict[str, tuple[int, ...]]:
     >>> channel_axes(s)
     {'w': (1,)}
   """
-  return {path: k.output for path, k in s.kernels.items() if k.kind != "embedding"}
+  return {path: tuple(sorted(k.output + (() if k.layer is None else (k.layer,))))
+          for path, k in s.kernels.items() if k.kind != "embedding"}
+
+
+def schemes(s: Structure, params: tree_utils.Params,
+            base: numerics.Scheme = numerics.Scheme()) -> Any:
+  """A tree like ``params`` of quantization schemes: ``base`` with one scale per output
+  channel (per layer of a stacked kernel) for every kernel (:func:`channel_axes`), scale
+  groups of ``base.group_size`` along the kernel's last contraction axis, and ``base`` as
+  given elsewhere. For :func:`impjax.transforms.fake_quant`, :func:`impjax.transforms.quantized`,
+  :func:`impjax.quantization.export` and the sensitivity tables.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from impjax import structure
+    >>> params = {"q": jnp.ones((4, 2, 3))}  # (width, heads, head_dim)
+    >>> s = structure.discover(lambda p, x: jnp.einsum("bd,dnh->bnh", x, p["q"]), params,
+    ...                        jnp.ones((1, 4)))
+    >>> structure.schemes(s, params)["q"].channel_axes
+    (1, 2)
+  """
+  axes = channel_axes(s)
+
+  def leaf(path, _):
+    if path not in axes:
+      return base
+    k = s.kernels[path]
+    group_axis = k.contraction[-1] if k.contraction else base.group_axis
+    return dataclasses.replace(base, channel_axes=axes[path], group_axis=group_axis)
+  return tree_utils.map_with_path(leaf, params)

@@ -29,7 +29,7 @@ from impjax import tree_utils
 from impjax.quantization import numerics
 
 
-def fake_quant(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+def fake_quant(params: tree_utils.Params, bits: Any, scheme: Any = numerics.Scheme(),
                clip: Any = None,
                salient: Any = None, salient_bits: int = 8) -> Any:
   """Fake-quantizes every leaf of ``params`` at its ``bits`` (straight-through gradients).
@@ -39,7 +39,9 @@ def fake_quant(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = n
     bits: a tree like ``params`` whose leaves are ``None`` (kept as is), integer bits
       (int or int array broadcastable to the leaf's scales; may be traced) or a float format
       name from ``impjax.quantization.FORMATS`` (cast with :func:`impjax.quantization.cast`).
-    scheme: a :class:`impjax.quantization.Scheme` for the integer leaves.
+    scheme: a :class:`impjax.quantization.Scheme` for the integer leaves, or a tree like
+      ``params`` of them (e.g. :func:`impjax.structure.schemes`: each kernel's scales along
+      its own output axes).
     clip: optional tree like ``params`` of clip ratios (``None`` leaves: 1), e.g. from
       :func:`impjax.quantization.clip_ratio`.
     salient: optional tree like ``params`` of bool masks that broadcast to their leaf
@@ -59,11 +61,12 @@ def fake_quant(params: tree_utils.Params, bits: Any, scheme: numerics.Scheme = n
   numerics.check_bits_tree(params, bits, scheme)
   clip = jax.tree.map(lambda _: None, params) if clip is None else clip
   salient = numerics.check_salient_tree(params, salient)
+  schemes = numerics.scheme_tree(params, scheme)
 
-  def leaf(x, b, c, s):
+  def leaf(x, b, c, s, sc):
     if b is None:
       return x
     if numerics.is_format(b):
       return numerics.cast(x, b)
-    return numerics.fake_quant_array(x, b, scheme, 1.0 if c is None else c, s, salient_bits)
-  return jax.tree.map(leaf, params, bits, clip, salient)
+    return numerics.fake_quant_array(x, b, sc, 1.0 if c is None else c, s, salient_bits)
+  return jax.tree.map(leaf, params, bits, clip, salient, schemes)

@@ -145,7 +145,8 @@ def nested_width(key: jax.Array, rho: float, num_units: int) -> jax.Array:
 def ordered_dropout(loss_fn: Callable[..., Any],
                     sample_width: Callable[[jax.Array], jax.Array] = fjord_width,
                     rules: groups.Rules | None = None, *,
-                    sandwich: tuple[float, ...] = ()) -> Callable[..., Any]:
+                    sandwich: tuple[float, ...] = (),
+                    structure: Any = None) -> Callable[..., Any]:
   """Wraps ``loss_fn(params, *args, **kwargs)`` to train with ordered (or nested) dropout.
 
   The wrapped function is ``(params, key, ranks, *args, **kwargs)``: it samples one width with
@@ -158,6 +159,11 @@ def ordered_dropout(loss_fn: Callable[..., Any],
   Networks"): the loss is then the mean of the scalar losses at the sampled width and at each
   sandwich width, one forward and backward pass per width.
 
+  ``structure`` (a :class:`impjax.structure.Structure` of any model) orders its discovered MLP
+  units and heads instead of module output units: ``ranks`` then come from
+  :func:`impjax.structure.unit_ranks` and each width is :func:`impjax.structure.at_width`, so
+  the residual stream, head widths, norms, stem and classifier are never narrowed.
+
   Example:
     >>> loss = lambda p: jnp.sum(p["d"]["bias"])
     >>> wrapped = ordered_dropout(loss, lambda key: jnp.float32(0.25))
@@ -166,10 +172,18 @@ def ordered_dropout(loss_fn: Callable[..., Any],
   """
   for w in sandwich:
     tree_utils.check_fraction(w, what="sandwich width")
+  if structure is None:
+    narrow = lambda params, ranks, w: at_width(params, ranks, w, rules)
+  elif rules is not None:
+    raise ValueError("ordered_dropout takes rules or a structure, not both: the structure's "
+                     "groups say which units are ordered.")
+  else:
+    from impjax.structure import ordering  # pylint: disable=g-import-not-at-top
+    narrow = lambda params, ranks, w: ordering.at_width(structure, params, ranks, w)
 
   def wrapped(params, key, ranks, *args, **kwargs):
     widths = (sample_width(key),) + tuple(sandwich)
-    losses = [loss_fn(at_width(params, ranks, w, rules), *args, **kwargs) for w in widths]
+    losses = [loss_fn(narrow(params, ranks, w), *args, **kwargs) for w in widths]
     return sum(losses) / len(losses)
   return wrapped
 

@@ -28,7 +28,7 @@ from impjax.quantization import numerics
 from impjax.transforms.fake_quant import fake_quant
 
 
-def quantized(fn: Callable, bits: Any, scheme: numerics.Scheme = numerics.Scheme(),
+def quantized(fn: Callable, bits: Any, scheme: Any = numerics.Scheme(),
               *, argnum: int = 0,
               clip: Any = None, salient: Any = None, salient_bits: int = 8) -> Callable:
   """``fn`` with its positional argument ``argnum`` (the params) fake-quantized first.
@@ -36,7 +36,8 @@ def quantized(fn: Callable, bits: Any, scheme: numerics.Scheme = numerics.Scheme
   Args:
     fn: any function of a params pytree (a loss, a model's apply).
     bits: bits tree for :func:`impjax.transforms.fake_quant` (may hold traced arrays).
-    scheme: the quantization scheme.
+    scheme: the quantization scheme, or a tree of them (as for
+      :func:`impjax.transforms.fake_quant`).
     argnum: position of the params among ``fn``'s positional arguments.
     clip: optional clip-ratio tree.
     salient: optional salient-channel masks (kept at ``salient_bits``).
