@@ -31,6 +31,7 @@ BENCHMARKS = (
     "speed/state_memory",
     "speed/any_model",
     "quality/one_shot_quality",
+    "quality/sparse_training",
     "quality/mixed_precision",
     "quality/dropout_ordering",
     "quality/minilm_pruning",

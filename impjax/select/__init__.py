@@ -2,7 +2,8 @@
 
 - ``topk``: exact top-k by radix select (local, global or per-scope), thresholds, and
   ``sharded_topk`` over ``shard_map``.
-- ``n_of_m``: N:M masks. ``allocation``: uniform and ERK per-leaf sparsities.
+- ``n_of_m``: N:M masks. ``allocation``: uniform and ERK per-leaf sparsities; ``density``:
+  the whole per-leaf counts they keep, exact in total (:func:`layer_counts`).
 - ``selector``: a :class:`Selector` holding every selection option as one value.
 - ``masks``: importance to element masks under a plan and a selector.
 - ``ranks``: unit ranks by importance and the unit count a width keeps.
@@ -30,6 +31,8 @@ from impjax.select.bits import order_bits
 from impjax.select.bits import salient_channels
 from impjax.select.bits import to_bits
 from impjax.select.bits import unit_sizes
+from impjax.select.density import DISTRIBUTIONS
+from impjax.select.density import layer_counts
 from impjax.select.masks import masks
 from impjax.select.n_of_m import n_of_m
 from impjax.select.n_of_m import n_of_m_leaf
@@ -48,6 +51,7 @@ from impjax.select.topk import topk
 
 __all__ = [
     "ALLOCATIONS",
+    "DISTRIBUTIONS",
     "Scope",
     "Selector",
     "allocate",
@@ -57,6 +61,7 @@ __all__ = [
     "gain_per_bit",
     "greedy",
     "knapsack",
+    "layer_counts",
     "layer_importance",
     "lowering",
     "masks",

@@ -3,6 +3,8 @@
 - ``masking``: :func:`prune` wraps an optax optimizer and keeps a schedule-driven,
   importance-selected sparsity through training (masks in its :class:`PruneState`);
   :func:`apply_masks`, :func:`current_masks` and :func:`sparsity_report` read and apply them.
+- ``sparse_training``: :func:`sparse_training`, sparse from the first step with RigL, SET or
+  static masks at uniform or ERK per-leaf counts.
 - ``targeted_dropout``: :func:`targeted_dropout`, dropout on the least important units.
 - ``ordered_dropout``: :func:`ordered_dropout` with :func:`fjord_width` / :func:`nested_width`
   widths over ranks from :func:`index_ranks` or :func:`importance_order`; :func:`at_width`
@@ -45,6 +47,7 @@ from impjax.transforms.masking import current_masks
 from impjax.transforms.masking import prune
 from impjax.transforms.masking import sparsity_report
 from impjax.transforms.ordered_dropout import ORDER_RULES
+from impjax.transforms.sparse_training import sparse_training
 from impjax.transforms.ordered_dropout import ImportanceOrderState
 from impjax.transforms.ordered_dropout import at_width
 from impjax.transforms.ordered_dropout import fjord_width
@@ -81,6 +84,7 @@ __all__ = [
     "prune",
     "quantized",
     "run_layers",
+    "sparse_training",
     "sparsity_report",
     "stack_layers",
     "targeted_dropout",
