@@ -2,7 +2,9 @@
 
 - ``masking``: :func:`prune` wraps an optax optimizer and keeps a schedule-driven,
   importance-selected sparsity through training (masks in its :class:`PruneState`);
-  :func:`apply_masks`, :func:`current_masks` and :func:`sparsity_report` read and apply them.
+  :func:`apply_masks`, :func:`current_masks` and :func:`sparsity_report` read and apply them;
+  ``straight_through=True`` with :func:`straight_through` in the loss trains straight-through
+  (STE, SR-STE).
 - ``sparse_training``: :func:`sparse_training`, sparse from the first step with RigL, SET or
   static masks at uniform or ERK per-leaf counts.
 - ``targeted_dropout``: :func:`targeted_dropout`, dropout on the least important units.
@@ -46,6 +48,7 @@ from impjax.transforms.masking import apply_masks
 from impjax.transforms.masking import current_masks
 from impjax.transforms.masking import prune
 from impjax.transforms.masking import sparsity_report
+from impjax.transforms.masking import straight_through
 from impjax.transforms.ordered_dropout import ORDER_RULES
 from impjax.transforms.sparse_training import sparse_training
 from impjax.transforms.ordered_dropout import ImportanceOrderState
@@ -87,6 +90,7 @@ __all__ = [
     "sparse_training",
     "sparsity_report",
     "stack_layers",
+    "straight_through",
     "targeted_dropout",
     "unstack_layers",
     "width_masks",

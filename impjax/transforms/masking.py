@@ -76,6 +76,27 @@ def apply_masks(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_util
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
+def straight_through(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_utils.Params:
+  """The masked weights in the forward pass, the identity in the backward pass (STE):
+  ``w + stop_gradient(where(mask, w, 0) - w)``, so every weight, pruned or not, receives the
+  gradient taken at the masked weights.
+
+  Reference: Bengio et al. 2013 (straight-through estimator); Zhou et al. 2021, "Learning N:M
+  Fine-grained Structured Sparse Neural Networks From Scratch" (SR-STE).
+
+  Example:
+    >>> import jax
+    >>> p, m = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([True, False])}
+    >>> straight_through(p, m)["w"].tolist()
+    [1.0, 0.0]
+    >>> jax.grad(lambda p: jnp.sum(straight_through(p, m)["w"] * 3.0))(p)["w"].tolist()
+    [3.0, 3.0]
+  """
+  tree_utils.check_broadcasts(params, masks)
+  return jax.tree.map(
+      lambda p, m: p + lax.stop_gradient(jnp.where(m, p, jnp.zeros_like(p)) - p), params, masks)
+
+
 def initial_masks(params: tree_utils.Params, the_plan: tree_utils.Plan) -> tree_utils.Masks:
   """All-kept masks: full-shape ``True`` for prunable leaves, scalar ``True`` for dense."""
   return jax.tree.map(
@@ -166,7 +187,8 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
           selector: select.Selector = select.Selector(),
           estimator: Callable[[estimators.Statistic], estimators.Estimator] | None = None,
           allow_regrowth: bool = False, axis_name: str | None = None,
-          pack: bool = False) -> optax.GradientTransformationExtraArgs:
+          pack: bool = False, straight_through: bool = False,
+          sr_ste_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so training keeps a schedule-driven, importance-selected sparsity.
 
   Args:
@@ -181,6 +203,12 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
     allow_regrowth: let pruned units return when their importance rises.
     axis_name: mapped axis over which the statistic is averaged (``pmap``/``shard_map``).
     pack: keep the masks bit-packed in the state (1/8 byte per weight instead of 1).
+    straight_through: straight-through pruning (STE): the weights stay dense and receive the
+      whole gradient, the masks are re-selected from them on the schedule (pruned weights may
+      return; masks selected in a step's update serve the next steps' forward passes), and the
+      loss reads the masked weights through :func:`straight_through`.
+    sr_ste_decay: SR-STE's ``lambda`` (Zhou et al. 2021): ``lambda * w`` is added to the
+      gradient of every pruned weight, pulling it towards zero (needs ``straight_through``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -188,6 +216,11 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
   crit = scores.criterion(criterion) if isinstance(criterion, str) else criterion
   inner = optax.with_extra_args_support(inner)
   selector = select.selector(*selector)
+  if sr_ste_decay and not straight_through:
+    raise ValueError("prune sr_ste_decay applies to straight-through pruning: set "
+                     "straight_through=True.")
+  if sr_ste_decay < 0:
+    raise ValueError(f"prune sr_ste_decay must be >= 0, got {sr_ste_decay}.")
   est = None
   if crit.statistic is not None:
     est = (estimator or crit.estimator)(crit.statistic)
@@ -228,18 +261,25 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
       budget = selector.budget(params, the_plan, schedule.sparsity(state.count),
                                schedule.final)
       new = select.masks(importance, the_plan, budget, selector,
-                         previous=None if allow_regrowth else previous_masks)
+                         previous=None if allow_regrowth or straight_through else previous_masks)
       usable = tree_utils.all_finite(importance)
       return jax.tree.map(lambda n, o: jnp.where(usable, n, o), new, previous_masks)
 
     masks = lax.cond(schedule.is_update_step(state.count) & finite, reselect,
                      lambda: previous_masks)
-    masked_grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
+    if straight_through:  # SR-STE's decay on the weights this step's forward pass pruned
+      masked_grads = jax.tree.map(
+          lambda g, m, p: g + sr_ste_decay * jnp.where(m, jnp.zeros_like(p), p).astype(g.dtype)
+          if sr_ste_decay else g, updates, previous_masks, params)
+    else:
+      masked_grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates,
+                                  masks)
     inner_updates, inner_state = inner.update(masked_grads, state.inner_state, params,
                                               **extra_args)
     # A non-finite step applies nothing: zero updates, and the inner state as it was.
     new_updates = jax.tree.map(
-        lambda u, m, p: jnp.where(finite, jnp.where(m, u, -p), 0).astype(u.dtype),
+        lambda u, m, p: jnp.where(finite, u if straight_through else jnp.where(m, u, -p),
+                                  0).astype(u.dtype),
         inner_updates, masks, params)
     inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
                                state.inner_state)
