@@ -34,6 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
 
   config.pruning = ml_collections.ConfigDict()
+  # gradual: dense, then pruned on the schedule (transforms.prune); rigl|set|static: sparse from
+  # step 0 at final_sparsity, rewired every `frequency` steps until end_step
+  # (transforms.sparse_training; ERK counts unless allocation=uniform; element granularity).
+  config.pruning.method = "gradual"
+  config.pruning.drop_fraction = 0.3      # rigl|set: share of active weights rewired at step 0
   config.pruning.criterion = "obd"        # a registered criterion: impjax.scores.CRITERIA
   config.pruning.schedule = "polynomial"  # polynomial|iterative|one_shot
   config.pruning.final_sparsity = 0.9

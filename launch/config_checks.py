@@ -27,6 +27,7 @@ from impjax import scores
 from impjax import select
 
 SCHEDULES = ("polynomial", "iterative", "one_shot")
+METHODS = ("gradual", "rigl", "set", "static")
 SCOPES = ("global", "local")
 ALLOCATIONS = ("",) + select.ALLOCATIONS  # "": no per-leaf allocation
 
@@ -105,6 +106,17 @@ def check_config(config: ml_collections.ConfigDict, model_names: Iterable[str] =
   pruning = config.pruning
   need(pruning.criterion in scores.CRITERIA, "pruning.criterion",
        f"is not a registered criterion {sorted(scores.CRITERIA)}")
+  need(pruning.method in METHODS, "pruning.method", f"is not one of {list(METHODS)}")
+  need(_is_number(pruning.drop_fraction) and 0.0 <= pruning.drop_fraction <= 1.0,
+       "pruning.drop_fraction", "must lie in [0, 1]")
+  if pruning.method in METHODS[1:]:
+    need(pruning.granularity == "element", "pruning.granularity",
+         f"must be 'element' for config.pruning.method={pruning.method!r} (it rewires single "
+         "weights)")
+    need(not _is_number(pruning.final_sparsity) or pruning.final_sparsity < 1.0,
+         "pruning.final_sparsity",
+         f"must be below 1 for config.pruning.method={pruning.method!r} (it trains the kept "
+         "weights from step 0)")
   need(pruning.schedule in SCHEDULES, "pruning.schedule", f"is not one of {list(SCHEDULES)}")
   need(_is_number(pruning.final_sparsity) and 0.0 <= pruning.final_sparsity <= 1.0,
        "pruning.final_sparsity", "must lie in [0, 1]")
@@ -130,7 +142,7 @@ def check_config(config: ml_collections.ConfigDict, model_names: Iterable[str] =
   need(pruning.scope in SCOPES, "pruning.scope", f"is not one of {list(SCOPES)}")
   need(pruning.allocation in ALLOCATIONS, "pruning.allocation",
        f"is not one of {list(ALLOCATIONS)}")
-  if pruning.allocation and pruning.scope in SCOPES:
+  if pruning.allocation and pruning.scope in SCOPES and pruning.method == "gradual":
     need(pruning.scope == "local", "pruning.scope",
          f"must be 'local' for config.pruning.allocation={pruning.allocation!r}")
   if problems:

@@ -108,11 +108,18 @@ def build_schedule(pruning: ml_collections.ConfigDict) -> schedules.Schedule:
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """AdamW wrapped by ``transforms.prune`` as the config says."""
+  """AdamW wrapped by ``transforms.prune`` (``pruning.method="gradual"``) or by
+  ``transforms.sparse_training`` (``"rigl"``, ``"set"``, ``"static"``) as the config says."""
   pruning = config.pruning
+  adamw = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+  if pruning.method != "gradual":
+    return transforms.sparse_training(
+        adamw, pruning.final_sparsity, method=pruning.method,
+        distribution=pruning.allocation or "erk", update_every=pruning.frequency,
+        end_step=pruning.end_step, drop_fraction=pruning.drop_fraction,
+        rules=build_rules("element", pruning.keep_dense), seed=config.seed)
   return transforms.prune(
-      optax.adamw(config.learning_rate, weight_decay=config.weight_decay),
-      build_schedule(pruning), scores.criterion(pruning.criterion, decay=pruning.ema_decay),
+      adamw, build_schedule(pruning), scores.criterion(pruning.criterion, decay=pruning.ema_decay),
       rules=build_rules(pruning.granularity, pruning.keep_dense),
       selector=select.selector(pruning.scope, allocation=pruning.allocation or None))
 
@@ -185,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
              desc="train", disable=not show)
   for step in bar:
-    if step == begin and meta["dense_accuracy"] is None:
+    if step == begin and meta["dense_accuracy"] is None and config.pruning.method == "gradual":
       meta["dense_accuracy"] = accuracy(params, test_data)
       _report(f"Dense test accuracy at step {step}: {meta['dense_accuracy']:.4f}", show)
     batch = jax.make_array_from_process_local_data(batch_sharding, next(stream))

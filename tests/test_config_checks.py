@@ -51,6 +51,8 @@ BAD = {  # field override -> what the message must say
               "valid regex"),
     "scope": ("pruning.scope", "layer", "config.pruning.scope='layer'"),
     "allocation": ("pruning.allocation", "lamp", "config.pruning.allocation='lamp'"),
+    "method": ("pruning.method", "lottery", "config.pruning.method='lottery' is not one of"),
+    "drop_fraction": ("pruning.drop_fraction", 1.5, "config.pruning.drop_fraction=1.5"),
     "allocation needs local": ("pruning.allocation", "erk", "config.pruning.scope='global' must "
                                "be 'local' for config.pruning.allocation='erk'"),
 }
@@ -73,6 +75,14 @@ def test_bad_field_is_refused_by_name_before_any_work(case, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert message in str(info.value)
   assert not (tmp_path / "run").exists()  # refused before the workdir was touched
+
+
+def test_sparse_training_refuses_structured_granularity(tmp_path):
+  config = default.get_config("quick")
+  config.pruning.method, config.pruning.granularity = "rigl", "2:4"
+  with pytest.raises(ValueError, match="config.pruning.granularity='2:4' must be 'element' for "
+                     "config.pruning.method='rigl'"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_every_problem_is_listed_at_once():

@@ -48,6 +48,18 @@ def test_default_mlp_run_reproduces_dense_and_pruned_accuracy(tmp_path):
   assert history[-1]["sparsity"] == pytest.approx(0.9, abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["rigl", "static"])
+def test_sparse_training_job_is_sparse_from_the_start_and_keeps_its_counts(method, tmp_path):
+  config = default.get_config("quick")
+  config.progress, config.pruning.method = False, method
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["dense_accuracy"] is None  # no dense phase
+  history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert all(h["sparsity"] == pytest.approx(0.9, abs=1e-3) for h in history)
+  assert summary["zero_fraction_of_prunable"] == pytest.approx(summary["final_sparsity"])
+  assert summary["final_accuracy"] >= 0.8
+
+
 def _restore(workdir, config):
   """Final params and optimizer state saved by a finished run."""
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
