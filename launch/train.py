@@ -235,6 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "zero_fraction_of_prunable": zeros / sum(np.size(p) for p in prunable),
       "criterion": config.pruning.criterion,
       "granularity": config.pruning.granularity,
+      "method": config.pruning.method,
       "model": config.model.name,
       "steps": config.steps,
       "params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
