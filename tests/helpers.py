@@ -2,6 +2,8 @@
 models. Tests import them as ``from tests.helpers import ...``; ``conftest.py`` keeps only
 fixtures and hooks."""
 
+import functools
+
 import chex
 from flax import nnx
 import jax
@@ -9,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from impjax import models
+from impjax import structure
+from impjax.models import zoo
 
 # A tiny CNN + MLP, listed in sorted key order (the order ``random_tree`` draws the leaves).
 SHAPES = {
@@ -73,3 +77,11 @@ def mlp_with_bits(in_features, hidden, num_classes, hidden_bits, head_bits):
   bits = jax.tree.map(lambda _: None, params)
   bits["hidden"][0]["kernel"], bits["head"]["kernel"] = hidden_bits, head_bits
   return graphdef, params, bits
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_model(name):
+  """``(member, structure)`` of the tiny zoo model ``name``, built and discovered once per test
+  process (the members are read-only in the tests)."""
+  member = zoo.build(name)
+  return member, structure.discover(member.apply, member.params, *member.inputs)

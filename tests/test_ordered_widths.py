@@ -13,12 +13,12 @@ from impjax import transforms
 from impjax import tree_utils
 from impjax.models import zoo
 from tests.helpers import eager_and_jit
+from tests.helpers import zoo_model
 
 
-@pytest.fixture(scope="module", params=zoo.NAMES)
+@pytest.fixture(params=zoo.NAMES)
 def member(request):
-  m = zoo.build(request.param)
-  return m, structure.discover(m.apply, m.params, *m.inputs)
+  return zoo_model(request.param)
 
 
 def test_ranks_follow_the_group_scores_eager_and_jit(member):
@@ -35,9 +35,9 @@ def test_ranks_follow_the_group_scores_eager_and_jit(member):
   assert {n: np.shape(r) for n, r in index.items()} == {n: np.shape(r) for n, r in ranks.items()}
 
 
-@pytest.mark.parametrize("width", [0.25, 0.6])
-def test_a_width_keeps_the_first_units_of_every_group_and_compacts(member, width):
+def test_a_width_keeps_the_first_units_of_every_group_and_compacts(member):
   m, s = member
+  width = 0.4
   ranks = structure.unit_ranks(s, m.params, jax.tree.map(jnp.abs, m.params))
   keep = structure.keep_at_width(ranks, width)
   for name, k in keep.items():
@@ -62,8 +62,7 @@ def test_a_width_keeps_the_first_units_of_every_group_and_compacts(member, width
 
 
 def test_ordered_dropout_over_a_structure_trains_the_sampled_width():
-  m = zoo.build("vit_scan")
-  s = structure.discover(m.apply, m.params, *m.inputs)
+  m, s = zoo_model("vit_scan")
   ranks = structure.unit_ranks(s, m.params)
   loss = lambda p, x: jnp.sum(m.apply(p, x) ** 2)
   wrapped = transforms.ordered_dropout(loss, lambda key: jnp.float32(0.5), structure=s)

@@ -11,6 +11,7 @@ import pytest
 from impjax import structure
 from impjax.models import zoo
 from tests.helpers import eager_and_jit
+from tests.helpers import zoo_model
 
 
 def _mlp():
@@ -129,8 +130,7 @@ def test_bad_options_fail_naming_them():
 
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_a_default_global_selection_empties_no_layer_of_any_zoo_member(name):
-  member = zoo.build(name)
-  s = structure.discover(member.apply, member.params, *member.inputs)
+  member, s = zoo_model(name)
   keep = structure.keep_units(s, jax.tree.map(jnp.abs, member.params), 0.95, scope="global")
   assert keep and all((k.reshape(-1, k.shape[-1]).sum(-1) >= 1).all() for k in keep.values())
   for kind in {s.groups[n].kind for n in keep}:  # one budget per kind, cut only by the floors

@@ -14,6 +14,7 @@ from impjax import transforms
 from impjax import tree_utils
 from impjax.models import zoo
 from impjax.pruning.structured import encoder_groups
+from tests.helpers import zoo_model
 
 
 def _members(group):
@@ -113,14 +114,19 @@ def _expected(member):
   return _minilm_expected(c)
 
 
-@pytest.fixture(scope="module", params=zoo.NAMES)
-def member(request):
-  return zoo.build(request.param)
+@pytest.fixture(params=zoo.NAMES)
+def built(request):
+  return zoo_model(request.param)
 
 
-@pytest.fixture(scope="module")
-def found(member):
-  return structure.discover(member.apply, member.params, *member.inputs)
+@pytest.fixture
+def member(built):
+  return built[0]
+
+
+@pytest.fixture
+def found(built):
+  return built[1]
 
 
 def test_discovered_groups_equal_the_hand_written_ones(member, found):

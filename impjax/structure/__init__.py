@@ -7,6 +7,8 @@
   re-run at the new widths.
 - ``defaults``: path rules and quantization channel axes from the structure.
 - ``selection``: unit scores of the groups and the units each layer keeps.
+- ``capture``: the inputs' squared sums of every kernel, read by re-running the computation
+  (:func:`input_moments`), and Wanda's importance from them.
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
 
 Example:
@@ -17,6 +19,9 @@ Example:
   KernelAxes(kind='dense', contraction=(0,), output=(1,), layer=None, reads_input=True, writes_output=True)
 """
 
+from impjax.structure.capture import Moments
+from impjax.structure.capture import input_moments
+from impjax.structure.capture import wanda
 from impjax.structure.compaction import compact_model
 from impjax.structure.defaults import channel_axes
 from impjax.structure.defaults import rules
@@ -33,6 +38,6 @@ from impjax.structure.selection import group_scores
 from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
 
-__all__ = ["Group", "KernelAxes", "Structure", "at_width", "channel_axes", "compact_model",
-           "discover", "group_scores", "keep_at_width", "keep_units", "rules", "schemes", "trace",
-           "unit_ranks", "width_masks"]
+__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "channel_axes", "compact_model",
+           "discover", "group_scores", "input_moments", "keep_at_width", "keep_units", "rules",
+           "schemes", "trace", "unit_ranks", "wanda", "width_masks"]

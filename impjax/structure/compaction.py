@@ -51,8 +51,9 @@ def _group_root(t: tracing.Trace, group: groups.Coupled) -> int:
   raise ValueError(f"Group member {m} does not match the traced axes of '{m.path}'.")
 
 
-class _Evaluator:
-  """Evaluates a traced jaxpr with the sizes of the kept units."""
+class Evaluator:
+  """Evaluates a traced jaxpr with the sizes of the kept units (``kept``: ``{axis class:
+  kept size}``; empty: the traced sizes)."""
 
   def __init__(self, t: tracing.Trace, kept: dict[int, int]):
     self.t, self.kept = t, kept
@@ -151,7 +152,7 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
       model is traced again at those shapes, once per shape.
 
   Returns:
-    ``(small_params, small_fn)`` with ``small_fn(small_params, *inputs)`` equal to ``fn`` of
+    ``(small_params, small_fn)``: ``small_fn`` (jitted) of ``small_params`` equals ``fn`` of
     the masked params.
   """
   chosen = {name: s.groups[name].coupled for name in keep}
@@ -167,12 +168,13 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
       shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args)
       t = tracing.trace(fn, abstract, *shapes)
       kept = {t.graph.find(_group_root(t, group)): counts[name] for name, group in chosen.items()}
-      programs[key] = (_Evaluator(t, kept), t.jaxpr,
+      programs[key] = (Evaluator(t, kept), t.jaxpr,
                        jax.tree.structure(jax.eval_shape(fn, abstract, *shapes)))
     return programs[key]
 
   program(inputs)  # traced now at the example shapes
 
+  @jax.jit
   def small_fn(small_params, *args):
     evaluator, jaxpr, out_tree = program(args)
     flat = jax.tree.leaves(small_params) + jax.tree.leaves(args)

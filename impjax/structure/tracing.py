@@ -57,6 +57,11 @@ class Use(NamedTuple):
     indexed: leaf axes indexed by data (a gather's vocabulary axis).
     layer: leaf axes iterated by an enclosing ``scan`` (a stacked leaf's layer axis).
     reads_input: the activation operand is a model input itself (up to reshapes and casts).
+    site: ``(context, equation index)`` of the consuming equation in the jaxpr walk.
+    activation: for a ``dot_general`` of a leaf with an activation, the activation operand's
+      position (0 or 1) and its contracting dimensions, paired in order with
+      ``contraction_dims``; ``None`` otherwise.
+    contraction_dims: the leaf axes behind each contracting dimension of the leaf's operand.
   """
   path: str
   kind: str
@@ -66,6 +71,9 @@ class Use(NamedTuple):
   indexed: tuple[int, ...] = ()
   layer: tuple[int, ...] = ()
   reads_input: bool = False
+  site: tuple = ()
+  activation: tuple[int, tuple[int, ...]] | None = None
+  contraction_dims: tuple[tuple[int, ...], ...] = ()
 
 
 class Trace(NamedTuple):
@@ -345,16 +353,18 @@ class _Walker:
       for nodes, free in ((ln, lfree), (rn, rfree)):
         for d in free:
           g.flag(nodes[d], "attn_query" if "attn_free" in g.flags(nodes[d]) else "attn_free")
-    for nodes, prov, free, contract, batch, other_in in (
-        (ln, lp, lfree, lc, lb, ri), (rn, rp, rfree, rc, rb, li)):
+    for side, (nodes, prov, free, contract, batch, other_in, other_prov, other_contract) in (
+        enumerate(((ln, lp, lfree, lc, lb, ri, rp, rc), (rn, rp, rfree, rc, rb, li, lp, lc)))):
       if prov is None:
         continue
       for d in free:
         g.flag(nodes[d], "produced")
       for d in contract:
         g.flag(nodes[d], "consumed")
+      activation = (1 - side, tuple(other_contract)) if other_prov is None else None
       self.uses.append(Use(prov.path, "dot", _leaf_axes(prov, contract), _leaf_axes(prov, free),
-                           _leaf_axes(prov, batch), (), prov.layer, other_in))
+                           _leaf_axes(prov, batch), (), prov.layer, other_in, (ctx, k),
+                           activation, tuple(prov.axes[d] for d in contract)))
     self.write(ctx, eqn.outvars[0], out)
 
   def _conv_general_dilated(self, ctx, k, eqn, ins):

@@ -1,0 +1,189 @@
+"""Calibration statistics from the computation: the inputs of every kernel, without taps.
+
+:func:`input_moments` runs the user's own function (re-evaluating its traced jaxpr) and, at
+every ``dot_general`` that contracts a parameter leaf with an activation (Dense, DenseGeneral,
+Einsum, attention projections, a tied unembedding), accumulates the activation's squared values
+over all its other axes (tokens, batch): ``sq[j] = sum_rows x[row, j]^2`` laid out along the
+kernel's own contraction axes, and ``count``, the rows summed. A kernel a ``scan`` iterates
+(``nn.scan`` stacks) gets one moment per layer. A leaf consumed at several places sums them.
+Convolutions and products inside ``cond`` / ``while`` bodies are not captured: such kernels
+are named in :attr:`Moments.missing`.
+
+:func:`wanda` turns the moments into Wanda's importance ``|W| * sqrt(E[x_j^2])``, broadcast
+along each kernel's output axes, for any granularity and selector.
+
+Reference: Sun et al. 2024, "A Simple and Effective Pruning Approach for Large Language
+Models" (Wanda).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from impjax import structure
+  >>> params = {"w": jnp.ones((2, 3))}
+  >>> m = structure.input_moments(lambda p, x: x @ p["w"], params, jnp.array([[1.0, 2.0], [3.0, 0.0]]))
+  >>> m.sq["w"].tolist(), int(m.count["w"])
+  ([10.0, 4.0], 2)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from flax import struct
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from impjax import tree_utils
+from impjax.structure import compaction
+from impjax.structure import tracing
+
+
+@struct.dataclass
+class Moments:
+  """Input moments of every captured kernel (see :func:`input_moments`); a pytree of the
+  sums, so it passes through ``jit`` and adds up with ``jax.tree.map``.
+
+  Attributes:
+    sq: ``{path: sum of squared inputs}``, shaped like the kernel's contraction axes in
+      ascending order (with a leading layer axis for a stacked kernel).
+    count: ``{path: rows summed}`` (per layer for a stacked kernel).
+    leaf_axes: ``((path, the leaf axes of sq), ...)`` (the layer axis first when stacked);
+      :attr:`axes` as a dict.
+    missing: kernels consumed by a ``dot_general`` or convolution whose inputs were not
+      captured (a convolution, a product inside ``cond`` / ``while``, a batched product).
+  """
+  sq: dict[str, jax.Array]
+  count: dict[str, jax.Array]
+  leaf_axes: tuple[tuple[str, tuple[int, ...]], ...] = struct.field(pytree_node=False)
+  missing: tuple[str, ...] = struct.field(pytree_node=False)
+
+  @property
+  def axes(self) -> dict[str, tuple[int, ...]]:
+    """``{path: the leaf axes of sq}``."""
+    return dict(self.leaf_axes)
+
+
+class _Capturing(compaction.Evaluator):
+  """Re-evaluates a traced jaxpr, accumulating the inputs of parameter products."""
+
+  def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]]):
+    super().__init__(t, {})
+    self.sites = {u.site: u for u in t.uses
+                  if u.kind == "dot" and u.activation is not None and not u.batch}
+    self.shapes = leaf_shapes
+    self.stats: dict[str, tuple[jax.Array, jax.Array]] = {}
+    self.inside_control_flow = 0  # products inside cond / while bodies are not captured
+
+  def equation(self, ctx, k, eqn, args):
+    use = self.sites.get((ctx, k))
+    if use is not None and not self.inside_control_flow:
+      self.record(use, args)
+    if eqn.primitive.name in ("cond", "while"):
+      self.inside_control_flow += 1
+      try:
+        return super().equation(ctx, k, eqn, args)
+      finally:
+        self.inside_control_flow -= 1
+    return super().equation(ctx, k, eqn, args)
+
+  def record(self, use: tracing.Use, args) -> None:
+    position, act_dims = use.activation
+    x = jnp.asarray(args[position], jnp.float32)
+    others = tuple(d for d in range(x.ndim) if d not in act_dims)
+    sq = jnp.sum(jnp.square(x), axis=others)  # the contracting dims, in ascending order
+    sq = jnp.transpose(sq, [sorted(act_dims).index(d) for d in act_dims])
+    leaf_axes = [a for axes in use.contraction_dims for a in axes]
+    sq = sq.reshape([self.shapes[use.path][a] for a in leaf_axes])
+    sq = jnp.transpose(sq, np.argsort(leaf_axes))
+    rows = jnp.float32(math.prod(x.shape[d] for d in others))
+    old = self.stats.get(use.path)
+    self.stats[use.path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
+
+  def scan(self, ctx, k, p, args):
+    nc, nk = p["num_consts"], p["num_carry"]
+    consts, init, xs = args[:nc], args[nc:nc + nk], args[nc + nk:]
+
+    def body(carry, x):
+      outer, self.stats = self.stats, {}
+      outs = self.call(ctx, k, 0, p["jaxpr"], list(consts) + list(carry) + list(x))
+      inner, self.stats = self.stats, outer
+      return tuple(outs[:nk]), (tuple(outs[nk:]), inner)
+
+    carry, (ys, inner) = lax.scan(body, tuple(init), tuple(xs), length=p["length"],
+                                  reverse=p["reverse"], unroll=p["unroll"])
+    stacked = {u.path for u in self.t.uses if u.layer}
+    for path, (sq, rows) in inner.items():
+      if path not in stacked:  # a leaf the scan closes over: every iteration adds up
+        sq, rows = sq.sum(0), rows.sum(0)
+      old = self.stats.get(path)
+      self.stats[path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
+    return list(carry) + list(ys)
+
+
+def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) -> Moments:
+  """The squared-input sums of every kernel of ``fn(params, *inputs)`` on these inputs.
+
+  Works under ``jit`` (the function is traced once per input shape); sum the moments of
+  several calibration batches (they are sums), and ``lax.psum`` them over a data-parallel axis.
+
+  Args:
+    fn: the model, ``fn(params, *inputs)`` (a Linen ``apply``, an NNX call, plain JAX).
+    params: its params.
+    *inputs: one calibration batch.
+
+  Returns:
+    The :class:`Moments`.
+  """
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params)
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), inputs)
+  t = tracing.trace(fn, abstract, *shapes)
+  leaf_shapes = {path: tuple(np.shape(x)) for path, x in tree_utils.leaves_by_path(params).items()}
+  capturing = _Capturing(t, leaf_shapes)
+
+  @jax.jit
+  def run(flat):  # one compiled program, also when called eagerly
+    capturing.stats = {}
+    capturing.run(t.jaxpr.jaxpr, (), flat, t.jaxpr.consts)
+    return capturing.stats
+
+  stats = run(jax.tree.leaves(params) + jax.tree.leaves(inputs))
+  layer = {u.path: u.layer[0] for u in t.uses if u.layer}
+  axes = {}
+  for u in t.uses:
+    if u.path in stats:
+      contraction = tuple(sorted(a for dims in u.contraction_dims for a in dims))
+      axes[u.path] = ((layer[u.path],) if u.path in layer else ()) + contraction
+  consumed = {u.path for u in t.uses if u.kind in ("dot", "conv") and u.contraction}
+  return Moments({p: v[0] for p, v in stats.items()}, {p: v[1] for p, v in stats.items()},
+                 tuple(sorted(axes.items())), tuple(sorted(consumed - set(stats))))
+
+
+def wanda(params: tree_utils.Params, moments: Moments) -> tree_utils.Importance:
+  """Wanda's ``|W| * sqrt(E[x_j^2])`` for every captured kernel, ``|W|`` elsewhere.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from impjax import structure
+    >>> params = {"w": jnp.array([[1.0, -2.0], [3.0, 1.0]])}
+    >>> x = jnp.array([[2.0, 1.0], [2.0, 0.0]])
+    >>> m = structure.input_moments(lambda p, x: x @ p["w"], params, x)
+    >>> structure.wanda(params, m)["w"].tolist()  # rows scaled by sqrt(8 / 2) and sqrt(1 / 2)
+    [[2.0, 4.0], [2.1213202476501465, 0.7071067690849304]]
+  """
+  def leaf(path, w):
+    score = jnp.abs(w).astype(jnp.float32)
+    if path not in moments.sq:
+      return score
+    axes = dict(moments.leaf_axes)[path]
+    count = moments.count[path]
+    sq = moments.sq[path]
+    if count.ndim:  # one count per layer of a stacked kernel
+      count = count.reshape((-1,) + (1,) * (sq.ndim - 1))
+    norm = jnp.sqrt(sq / jnp.maximum(count, 1.0))
+    shape = [1] * np.ndim(w)
+    for a, n in zip(axes, np.shape(norm)):
+      shape[a] = n
+    return score * norm.reshape(shape)
+  return tree_utils.map_with_path(leaf, params)
