@@ -21,7 +21,9 @@ config (``configs/default.py``) and builders (``launch/train.py``). It provides:
   :func:`uniform_bits` and :func:`lowering_bits`;
 * MiniLM: :func:`params_of`, :func:`nonzero_params`, :func:`time_ratio`, :class:`Evaluation`
   (dense reference embeddings and a pruned model's metrics against them),
-  :func:`evaluation_sets`, :func:`source_sentences`, :func:`one_shot_kwargs`, :func:`metric_key`.
+  :func:`evaluation_sets`, :func:`source_sentences`, :func:`one_shot_kwargs`, :func:`metric_key`,
+  and the retrieval fine-tuning pieces :func:`fixed_length`, :func:`retrieval_batches`,
+  :func:`retrieval_hits`.
 
 Scripts import it after putting ``benchmarks/`` on ``sys.path``::
 
@@ -49,6 +51,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tokenizers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tqdm import tqdm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -405,6 +408,37 @@ class Evaluation:
 
   def __call__(self, model):
     return {**self.quality(model)[0], **self.cost(model)}
+
+
+def fixed_length(tokenizer, texts, length):
+  """``{"ids", "mask"}`` of ``texts`` truncated and padded to exactly ``length`` tokens."""
+  tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  tok.enable_truncation(length)
+  tok.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0, length=length)
+  return minilm.tokenize(tok, texts)
+
+
+def retrieval_batches(tokenizer, settings, seed, source="docstrings"):
+  """``settings["steps"]`` batches (``settings["batch"]`` pairs, queries and passages cut to
+  ``query_len`` / ``passage_len`` tokens) of ``source``'s calibration (query, passage) pairs,
+  reshuffled every epoch (seeded)."""
+  queries, passages = text.retrieval_pairs("calibration", source)
+  q = fixed_length(tokenizer, queries, settings["query_len"])
+  p = fixed_length(tokenizer, passages, settings["passage_len"])
+  rng, size, out = np.random.default_rng(seed), settings["batch"], []
+  while len(out) < settings["steps"]:
+    order = rng.permutation(len(queries))
+    for start in range(0, len(order) - size + 1, size):
+      i = order[start:start + size]
+      out.append({"q_ids": q["ids"][i], "q_mask": q["mask"][i],
+                  "p_ids": p["ids"][i], "p_mask": p["mask"][i]})
+  return out[:settings["steps"]]
+
+
+def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:
+  """Per query: is its own passage the most cosine-similar of all passages (MiniLM embeddings)."""
+  emb = minilm.embed_texts(model, tokenizer, queries + passages)
+  return metrics.retrieval_hits(emb[:len(queries)], emb[len(queries):])
 
 
 def evaluation_sets(quick: bool) -> dict:

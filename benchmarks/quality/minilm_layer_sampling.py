@@ -59,7 +59,6 @@ from flax import nnx
 import jax
 import numpy as np
 import optax
-import tokenizers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -127,35 +126,6 @@ class StackedMiniLM:
                                             "layers": layer_stack.unstack_layers(params["blocks"])})
 
 
-def fixed_length(tokenizer, texts, length):
-  """``{"ids", "mask"}`` of ``texts`` truncated and padded to exactly ``length`` tokens."""
-  tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-  tok.enable_truncation(length)
-  tok.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0, length=length)
-  return minilm.tokenize(tok, texts)
-
-
-def training_batches(tokenizer, settings, seed, source="docstrings"):
-  """``settings["steps"]`` batches of ``source``'s calibration pairs, reshuffled every epoch
-  (seeded)."""
-  queries, passages = text.retrieval_pairs("calibration", source)
-  q = fixed_length(tokenizer, queries, settings["query_len"])
-  p = fixed_length(tokenizer, passages, settings["passage_len"])
-  rng, size, out = np.random.default_rng(seed), settings["batch"], []
-  while len(out) < settings["steps"]:
-    order = rng.permutation(len(queries))
-    for start in range(0, len(order) - size + 1, size):
-      i = order[start:start + size]
-      out.append({"q_ids": q["ids"][i], "q_mask": q["mask"][i],
-                  "p_ids": p["ids"][i], "p_mask": p["mask"][i]})
-  return out[:settings["steps"]]
-
-
-def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:
-  emb = minilm.embed_texts(model, tokenizer, queries + passages)
-  return metrics.retrieval_hits(emb[:len(queries)], emb[len(queries):])
-
-
 class Methods:
   """Full fine-tuning and the layer-sampled methods, from the same pretrained weights."""
 
@@ -167,7 +137,7 @@ class Methods:
     queries, passages = text.retrieval_pairs("evaluation", source)
     self.queries = queries[:settings["eval_pairs"]]
     self.passages = passages[:settings["eval_pairs"]]
-    self.batches = training_batches(self.tokenizer, settings, seed, source)
+    self.batches = harness.retrieval_batches(self.tokenizer, settings, seed, source)
     self.tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     self.samplers = {f"lisa_{g}": (transforms.lisa(self.depth, gamma=g,
                                                    period=settings["period"]), "active", g)
@@ -196,8 +166,8 @@ class Methods:
     return self.merge(p, optax.apply_updates(self.trained(p), updates)), opt_state, value
 
   def hits(self, params) -> np.ndarray:
-    return retrieval_hits(self.stacked.model(params), self.tokenizer, self.queries,
-                          self.passages)
+    return harness.retrieval_hits(self.stacked.model(params), self.tokenizer, self.queries,
+                                  self.passages)
 
   def backward_flops(self, idx):
     return harness.backward_flops(self.stacked.loss, self.stacked.block, self.params,

@@ -14,10 +14,10 @@ Example:
   >>> from impjax.models import resnet
   >>> config = resnet.ResNetConfig(stage_sizes=(1, 1), num_filters=4, num_classes=3)
   >>> model = resnet.ResNet(config)
-  >>> images = jnp.ones((2, 32, 32, 3))
+  >>> images = jnp.ones((1, 16, 16, 3))
   >>> variables = model.init(jax.random.key(0), images)
   >>> sorted(variables), model.apply(variables, images).shape
-  (['batch_stats', 'params'], (2, 3))
+  (['batch_stats', 'params'], (1, 3))
   >>> _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
   >>> sorted(updates), variables["params"]["BasicBlock_1"]["conv_proj"]["kernel"].shape
   (['batch_stats'], (1, 1, 4, 8))
