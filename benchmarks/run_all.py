@@ -38,6 +38,7 @@ BENCHMARKS = (
     "quality/minilm_calibration",
     "quality/minilm_mixed_precision",
     "quality/minilm_layer_sampling",
+    "quality/dare_minilm",
 )
 """Every benchmark, as ``folder/name`` under ``benchmarks/``; ``--only`` takes the names."""
 
