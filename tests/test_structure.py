@@ -161,30 +161,6 @@ def test_discovered_groups_compact_a_plain_function():
   np.testing.assert_allclose(fn(small, x), fn(masked, x), atol=1e-6)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_default_two_four_runs_along_each_kernels_contraction_axis(scan):
-  from impjax import select
-  fn, params, x = _linen(scan)
-  s = structure.discover(fn, params, x)
-  the_plan = groups.plan(params, structure.rules(s, params, groups.n_of_m(2, 4)))
-  imp = jax.tree.map(jnp.abs, params)
-  masks = select.masks(imp, the_plan, 0.5)
-  planned = 0
-  for path, g, m in zip(tree_utils.path_names(params), jax.tree.leaves(the_plan),
-                        jax.tree.leaves(masks)):
-    k = s.kernels.get(path)
-    if k is None or k.reads_input or k.writes_output:
-      assert g.kind == "dense", path
-      continue
-    planned += 1
-    assert g.kind == "n_of_m" and g.axis == k.contraction[-1] and g.axis != k.layer, path
-    moved = np.moveaxis(np.asarray(m), g.axis, -1)
-    counts = moved.reshape(moved.shape[:-1] + (-1, 4)).sum(-1)
-    assert (counts == 2).all(), path
-  assert planned == (6 if scan else 12)
-  assert structure.channel_axes(s)["head/kernel"] == (1,)
-
-
 class _GroupedQueryBlock(nnx.Module):
   """Gemma-style: RMSNorm, Einsum kernels, fused kv, grouped-query attention by repeating kv
   heads, a gated MLP whose gate and up projections share one kernel."""
@@ -237,22 +213,6 @@ def _keep_half(s, stacked_layers=None):
     row = np.arange(n) % 2 == 1
     keep[name] = np.tile(row, (stacked_layers, 1)) if stacked_layers else row
   return keep
-
-
-@pytest.mark.parametrize("scan", [False, True])
-def test_compacted_linen_model_matches_the_masked_one(scan):
-  fn, params, x = _linen(scan)
-  x = jax.random.normal(jax.random.PRNGKey(2), x.shape)
-  s = structure.discover(fn, params, x)
-  keep = _keep_half(s, 3 if scan else None)
-  small, small_fn = structure.compact_model(fn, params, s, keep, x)
-  masks = groups.coupled_masks(params, s.prunable(), keep)
-  masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
-  np.testing.assert_allclose(jax.jit(small_fn)(small, x), fn(masked, x), atol=1e-5)
-  n_small = sum(np.size(a) for a in jax.tree.leaves(small))
-  n_nonzero_lost = sum(int(np.size(p) - np.sum(np.broadcast_to(m, np.shape(p))))
-                       for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)))
-  assert n_small == sum(np.size(a) for a in jax.tree.leaves(params)) - n_nonzero_lost
 
 
 def test_compacted_grouped_query_block_matches_the_masked_one():
