@@ -36,6 +36,7 @@ from impjax.select.density import layer_counts
 from impjax.select.masks import masks
 from impjax.select.n_of_m import n_of_m
 from impjax.select.n_of_m import n_of_m_leaf
+from impjax.select.ranks import descending_ranks
 from impjax.select.ranks import num_kept
 from impjax.select.ranks import unit_ranks
 from impjax.select.selector import ALLOCATIONS
@@ -58,6 +59,7 @@ __all__ = [
     "average_bits",
     "bits_of",
     "erk",
+    "descending_ranks",
     "gain_per_bit",
     "greedy",
     "knapsack",

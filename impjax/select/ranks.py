@@ -34,6 +34,18 @@ def num_kept(width: Any, num_units: int) -> Any:
   return jnp.clip(jnp.ceil(product), 1, num_units).astype(jnp.int32)
 
 
+def descending_ranks(scores: jax.Array) -> jax.Array:
+  """Rank of every entry along the last axis by descending score, 0 first (ties: the lower
+  index first), int32.
+
+  Example:
+    >>> descending_ranks(jnp.array([[0.5, 2.0, 0.5], [1.0, 0.0, 3.0]])).tolist()
+    [[1, 0, 2], [1, 2, 0]]
+  """
+  order = jnp.argsort(scores, axis=-1, descending=True, stable=True)
+  return jnp.argsort(order, axis=-1, stable=True).astype(jnp.int32)
+
+
 def unit_ranks(unit_importance: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Rank of every unit, 0 = most important (ties: the lower index first), int32.
 
@@ -41,7 +53,4 @@ def unit_ranks(unit_importance: dict[str, jax.Array]) -> dict[str, jax.Array]:
     >>> unit_ranks({"d": jnp.array([0.5, 2.0, 0.5])})["d"].tolist()
     [1, 0, 2]
   """
-  def ranks(s):
-    order = jnp.argsort(s, descending=True, stable=True)
-    return jnp.zeros(s.shape, jnp.int32).at[order].set(jnp.arange(s.shape[0], dtype=jnp.int32))
-  return {m: ranks(s) for m, s in unit_importance.items()}
+  return {m: descending_ranks(s) for m, s in unit_importance.items()}

@@ -136,9 +136,7 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   Returns:
     The :class:`Moments`.
   """
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params)
-  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), inputs)
-  t = tracing.trace(fn, abstract, *shapes)
+  t = tracing.trace(fn, tracing.abstract(params), *tracing.abstract(inputs))
   leaf_shapes = {path: tuple(np.shape(x)) for path, x in tree_utils.leaves_by_path(params).items()}
   capturing = _Capturing(t, leaf_shapes)
 

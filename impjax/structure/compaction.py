@@ -157,7 +157,7 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
   """
   chosen = {name: s.groups[name].coupled for name in keep}
   small = pruning.compact(params, chosen, keep)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params)
+  abstract = tracing.abstract(params)
   counts = {name: int(np.asarray(keep[name], bool).sum(-1).max()) for name in chosen}
   programs: dict[Any, tuple] = {}
 
@@ -165,7 +165,7 @@ def compact_model(fn: Callable[..., Any], params: tree_utils.Params, s: Structur
     """The evaluator, jaxpr and output structure of ``fn`` traced at the shapes of ``args``."""
     key = tuple((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(args))
     if key not in programs:
-      shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args)
+      shapes = tracing.abstract(args)
       t = tracing.trace(fn, abstract, *shapes)
       kept = {t.graph.find(_group_root(t, group)): counts[name] for name, group in chosen.items()}
       programs[key] = (Evaluator(t, kept), t.jaxpr,

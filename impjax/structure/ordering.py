@@ -62,8 +62,7 @@ def unit_ranks(s: Structure, params: tree_utils.Params,
       out[name] = jnp.broadcast_to(jnp.arange(shape[-1], dtype=jnp.int32), shape)
     return out
   scores = selection.group_scores(s, importance, *kinds, how=how)
-  return {name: jnp.argsort(jnp.argsort(-v, axis=-1, stable=True), axis=-1,
-                            stable=True).astype(jnp.int32) for name, v in scores.items()}
+  return {name: select.descending_ranks(v) for name, v in scores.items()}
 
 
 def keep_at_width(ranks: dict[str, jax.Array], width: Any) -> dict[str, jax.Array]:

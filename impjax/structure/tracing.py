@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax._src import core as jax_core
 from jax.extend import core
 import numpy as np
@@ -553,6 +554,16 @@ class _Walker:
 
 def _leaf_axes(prov: Prov, dims) -> tuple[int, ...]:
   return tuple(sorted({a for d in dims for a in prov.axes[d]}))
+
+
+def abstract(tree: Any) -> Any:
+  """``tree`` with every leaf replaced by its ``jax.ShapeDtypeStruct`` (for tracing only).
+
+  Example:
+    >>> abstract({"w": jnp.ones((2, 3))})["w"]
+    ShapeDtypeStruct(shape=(2, 3), dtype=float32)
+  """
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
 
 
 def trace(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) -> Trace:

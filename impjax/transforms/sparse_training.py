@@ -60,12 +60,10 @@ def drop_fraction_at(step: Any, drop_fraction: float, end_step: int) -> jax.Arra
   return drop_fraction / 2 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, end_step) / end_step))
 
 
-def _ranks_descending(score: jax.Array) -> jax.Array:
-  """Rank of every entry by descending score (0: highest; ties: the earlier entry first)."""
-  flat = score.reshape(-1)
-  order = jnp.argsort(-flat, stable=True)
-  return jnp.zeros(flat.shape, jnp.int32).at[order].set(
-      jnp.arange(flat.size, dtype=jnp.int32)).reshape(score.shape)
+def _ranks(score: jax.Array) -> jax.Array:
+  """Rank of every entry of a leaf by descending score (:func:`impjax.select.descending_ranks`
+  of the flattened leaf)."""
+  return select.descending_ranks(score.reshape(-1)).reshape(score.shape)
 
 
 def rewire(mask: jax.Array, weights: jax.Array, grow_score: jax.Array,
@@ -82,10 +80,10 @@ def rewire(mask: jax.Array, weights: jax.Array, grow_score: jax.Array,
   n_active = jnp.sum(mask)
   k = jnp.floor(fraction * n_active).astype(jnp.int32)
   magnitude = jnp.where(mask, jnp.abs(weights).astype(jnp.float32), jnp.inf)
-  dropped = mask & (_ranks_descending(-magnitude) < k)
+  dropped = mask & (_ranks(-magnitude) < k)
   remaining = mask & ~dropped
   grow = jnp.where(remaining, -jnp.inf, grow_score.astype(jnp.float32))
-  grown = ~remaining & (_ranks_descending(grow) < k)
+  grown = ~remaining & (_ranks(grow) < k)
   return remaining | grown
 
 
@@ -95,7 +93,7 @@ def _initial_masks(params, the_plan, counts, key):
     if g.kind == "dense":
       return jnp.ones((), jnp.bool_)
     draws = jax.random.uniform(jax.random.fold_in(key, i), np.shape(p))
-    return _ranks_descending(draws) < n
+    return _ranks(draws) < n
   flat, treedef = jax.tree.flatten(params)
   return jax.tree.unflatten(treedef, [
       leaf(i, p, g, n) for i, (p, g, n) in enumerate(zip(flat, jax.tree.leaves(the_plan),
