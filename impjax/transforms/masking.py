@@ -148,6 +148,20 @@ def sparsity_report(masks: tree_utils.Masks, params: tree_utils.Params) -> dict[
   return report
 
 
+def next_state(state: PruneState, finite: jax.Array, masks: Any, inner_state: Any,
+               estimator_state: Any) -> PruneState:
+  """The :class:`PruneState` after a step: a finite step counts and keeps the new inner state;
+  a non-finite one keeps the inner state as it was, is counted as skipped and extends the
+  streak (the masks and estimator state given are already guarded by the caller)."""
+  inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
+                             state.inner_state)
+  skipped = jnp.logical_not(finite).astype(jnp.int32)
+  return PruneState(count=state.count + 1 - skipped, masks=masks, inner_state=inner_state,
+                    estimator_state=estimator_state,
+                    skipped_nonfinite=state.skipped_nonfinite + skipped,
+                    nonfinite_streak=(state.nonfinite_streak + 1) * skipped)
+
+
 def find_prune_state(opt_state: Any) -> PruneState:
   """Finds the :class:`PruneState` inside a (chained, wrapped) optimizer state.
 
@@ -281,13 +295,6 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
         lambda u, m, p: jnp.where(finite, u if straight_through else jnp.where(m, u, -p),
                                   0).astype(u.dtype),
         inner_updates, masks, params)
-    inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
-                               state.inner_state)
-    skipped = jnp.logical_not(finite).astype(jnp.int32)
-    return new_updates, PruneState(
-        count=state.count + 1 - skipped, masks=store(masks), inner_state=inner_state,
-        estimator_state=estimator_state,
-        skipped_nonfinite=state.skipped_nonfinite + skipped,
-        nonfinite_streak=(state.nonfinite_streak + 1) * skipped)
+    return new_updates, next_state(state, finite, store(masks), inner_state, estimator_state)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -196,14 +196,8 @@ def sparse_training(inner: optax.GradientTransformation, sparsity: float, *,
     new_updates = jax.tree.map(
         lambda u, p, old, new: jnp.where(finite, jnp.where(old & new, u, -p), 0).astype(u.dtype),
         inner_updates, params, masks, new_masks)
-    inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
-                               state.inner_state)
-    skipped = jnp.logical_not(finite).astype(jnp.int32)
-    return new_updates, masking.PruneState(
-        count=state.count + 1 - skipped, masks=new_masks, inner_state=inner_state,
-        estimator_state=state.estimator_state,
-        skipped_nonfinite=state.skipped_nonfinite + skipped,
-        nonfinite_streak=(state.nonfinite_streak + 1) * skipped)
+    return new_updates, masking.next_state(state, finite, new_masks, inner_state,
+                                           state.estimator_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
