@@ -2,6 +2,7 @@
 dense weight receives the gradient taken there, against a hand-written SGD loop."""
 
 import chex
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +83,32 @@ def test_the_forward_reads_masked_weights_and_the_gradient_is_dense():
 def test_sr_ste_needs_straight_through():
   with pytest.raises(ValueError, match="straight_through=True"):
     ij.transforms.prune(optax.sgd(0.1), ij.schedules.one_shot(0.5), sr_ste_decay=1e-3)
+
+
+def test_make_train_step_straight_through_equals_the_hand_written_step():
+  graphdef, state = nnx.split(ij.models.MLP(5, (6,), 3, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.polynomial(0.5, 0.5, 0, 8, 2),
+                           "magnitude", straight_through=True)
+  rng = np.random.default_rng(2)
+  batches = [{"image": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32),
+              "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)} for _ in range(5)]
+
+  def by_hand(p, s, batch):
+    forward = lambda q: ij.flax.cross_entropy(graphdef, ij.transforms.straight_through(
+        q, ij.transforms.current_masks(s, q)), batch)[0]
+    grads = jax.grad(forward)(p)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
+
+  step = ij.flax.make_train_step(graphdef, tx, straight_through=True)
+  got, got_state = params, tx.init(params)
+  want, want_state = params, tx.init(params)
+  for batch in batches:
+    got, got_state, _ = step(got, got_state, batch)
+    want, want_state = by_hand(want, want_state, batch)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+  masks = ij.transforms.current_masks(got_state, got)
+  kernel = np.asarray(got["hidden"][0]["kernel"])
+  assert (~np.asarray(masks["hidden"][0]["kernel"])).any()
+  assert (kernel[~np.asarray(masks["hidden"][0]["kernel"])] != 0).all()  # dense weights train

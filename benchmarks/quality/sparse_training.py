@@ -9,6 +9,10 @@ unlike the 8x8 digits where every method ties) at 80% and 90% sparsity, by
 * ``rigl``: the same start and schedule, regrown where the gradient is largest;
 * ``gradual``: dense at first, pruned by global magnitude on Zhu & Gupta's polynomial schedule
   from 10% to 75% of training (the dense-to-sparse baseline RigL compares against);
+* ``ste``: the same schedule, straight-through (``prune(..., straight_through=True)``, the loss
+  reading the masked weights, the dense weights receiving the whole gradient, so pruned weights
+  may return at every re-selection); accuracy is that of the masked weights;
+* ``sr_ste``: ``ste`` with SR-STE's decay on the pruned weights (``sr_ste_decay=2e-4``);
 * ``dense``: no pruning.
 
 Every sparse-from-scratch method uses ERK densities, a drop fraction of 0.3 decayed by a cosine
@@ -44,7 +48,8 @@ from impjax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-i
 from impjax.flax import training  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SPARSITIES = (0.8, 0.9)
-METHODS = ("static", "set", "rigl", "gradual")
+METHODS = ("static", "set", "rigl", "gradual", "ste", "sr_ste")
+SR_STE_DECAY = 2e-4
 UPDATE_EVERY = 100
 
 
@@ -52,10 +57,11 @@ def optimizer(method: str, sparsity: float, steps: int, seed: int):
   adam = optax.adam(1e-3)
   if method == "dense":
     return adam
-  if method == "gradual":
+  if method in ("gradual", "ste", "sr_ste"):
     schedule = schedules.polynomial(0.0, sparsity, int(0.1 * steps), int(0.75 * steps),
                                     UPDATE_EVERY)
-    return transforms.prune(adam, schedule, "magnitude")
+    return transforms.prune(adam, schedule, "magnitude", straight_through=method != "gradual",
+                            sr_ste_decay=SR_STE_DECAY if method == "sr_ste" else 0.0)
   return transforms.sparse_training(adam, sparsity, method=method, distribution="erk",
                                     update_every=UPDATE_EVERY, end_step=int(0.75 * steps),
                                     seed=seed)
@@ -67,10 +73,13 @@ def train(method, sparsity, steps, seed, train_data, test_data):
   params = nnx.to_pure_dict(state)
   tx = optimizer(method, sparsity, steps, seed)
   opt_state = tx.init(params)
-  step = training.make_train_step(graphdef, tx)
+  straight_through = method in ("ste", "sr_ste")
+  step = training.make_train_step(graphdef, tx, straight_through=straight_through)
   stream = data_lib.batches_from_step(train_data, 128, seed=seed)
   for _ in range(steps):
     params, opt_state, _ = step(params, opt_state, next(stream))
+  if straight_through:  # the dense weights trained; the model is the masked ones
+    params = transforms.apply_masks(params, transforms.current_masks(opt_state, params))
   kernels = [x for path, x in zip(harness.tree_utils.path_names(params), jax.tree.leaves(params))
              if path.endswith("kernel")]
   zeros = sum(int(jnp.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from impjax.transforms import masking
+
 
 def cross_entropy(graphdef, params, batch):
   """Mean softmax cross-entropy of the merged model on ``batch``, and its logits."""
@@ -33,17 +35,25 @@ def cross_entropy(graphdef, params, batch):
   return loss, logits
 
 
-def make_train_step(graphdef, tx, loss_fn=cross_entropy):
+def make_train_step(graphdef, tx, loss_fn=cross_entropy, *, straight_through: bool = False):
   """A jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
 
   ``loss_fn(graphdef, params, batch) -> (loss, logits)`` defaults to :func:`cross_entropy`;
   pass a wrapped one to train otherwise (e.g. quantization-aware with
-  ``impjax.transforms.quantized(cross_entropy, bits, argnum=1)``).
+  ``impjax.transforms.quantized(cross_entropy, bits, argnum=1)``). ``straight_through``: the
+  loss reads the weights through :func:`impjax.transforms.straight_through` with the masks of
+  the ``prune(..., straight_through=True)`` state inside ``opt_state`` (masked forward, dense
+  gradient).
   """
+  def forward_params(params, opt_state):
+    if not straight_through:
+      return params
+    return masking.straight_through(params, masking.current_masks(opt_state, params))
+
   @jax.jit
   def train_step(params, opt_state, batch):
     (loss, logits), grads = jax.value_and_grad(
-        lambda p: loss_fn(graphdef, p, batch), has_aux=True)(params)
+        lambda p: loss_fn(graphdef, forward_params(p, opt_state), batch), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
