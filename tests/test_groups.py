@@ -301,3 +301,34 @@ def test_lamp_names_a_leaf_with_negative_scores():
 def test_unknown_normalizer_raises():
   with pytest.raises(ValueError, match="Unknown normalizer 'softmax'"):
     groups.normalize({"a": jnp.ones(2)}, "softmax")
+
+
+# ---------------------------------------------------------------- stacked (per-layer) leaves
+@pytest.mark.parametrize("g", [groups.neurons(-1), groups.element(), groups.leaf(),
+                               groups.blocks((2, 1, 3))])
+def test_per_layer_reduces_and_expands_each_layer_on_its_own(g):
+  rng = np.random.default_rng(0)
+  score = rng.standard_normal((4, 3, 6)).astype(np.float32)  # (in, layers, out): layer axis 1
+  stacked = groups.per_layer(g, layer_axis=1)
+  inner = {"neurons": groups.neurons(-1), "element": groups.element(), "leaf": groups.leaf(),
+           "blocks": groups.blocks((2, 3))}[g.kind]
+  # By hand: each layer's (in, out) slice reduced as its own leaf, layer after layer.
+  want = np.concatenate([np.asarray(groups.reduce_leaf(score[:, i], inner)) for i in range(3)])
+  got = groups.reduce_leaf(jnp.asarray(score), stacked)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(groups.reduce_leaf, static_argnums=1)(score, stacked), got)
+  assert groups.num_groups(score.shape, stacked) == want.size
+  keep = jnp.asarray(rng.random(want.size) < 0.5)
+  mask = np.broadcast_to(groups.expand_leaf(keep, stacked, score.shape), score.shape)
+  per_layer = np.split(np.asarray(keep), 3)
+  for i in range(3):
+    slice_mask = np.broadcast_to(groups.expand_leaf(jnp.asarray(per_layer[i]), inner, (4, 6)),
+                                 (4, 6))
+    np.testing.assert_array_equal(mask[:, i], slice_mask)
+
+
+@pytest.mark.parametrize("g, match", [(groups.neurons(0), "layer axis"),
+                                      (groups.blocks((2, 1, 3)), "span layers")])
+def test_per_layer_refuses_units_across_layers_naming_the_leaf(g, match):
+  with pytest.raises(ValueError, match=f"'w'.*{match}"):
+    groups.plan({"w": jnp.ones((2, 4, 6))}, [("w", groups.per_layer(g, 0))])

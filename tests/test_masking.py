@@ -281,3 +281,13 @@ def test_linen_train_state_step_unchanged():
   total = 64 * 32 + 32 * 10
   assert int((~masks["Dense_0"]["kernel"]).sum() + (~masks["Dense_1"]["kernel"]).sum()) == \
       int(np.floor(0.5 * total + 0.5))
+
+
+def test_sparsity_report_has_a_line_per_layer_of_a_stacked_leaf():
+  masks = {"w": jnp.asarray(np.array([[[1, 1], [1, 1]], [[0, 1], [0, 0]], [[1, 0], [0, 1]]], bool)),
+           "b": jnp.ones((), bool)}
+  params = {"w": jnp.ones((3, 2, 2)), "b": jnp.ones(2)}
+  the_plan = {"w": ij.groups.per_layer(ij.groups.element(), 0), "b": ij.groups.DENSE}
+  report = ij.transforms.sparsity_report(masks, params, the_plan)
+  assert report == {"w": 5 / 12, "w[0]": 0.0, "w[1]": 0.75, "w[2]": 0.5, "global": 5 / 12}
+  assert "w[0]" not in ij.transforms.sparsity_report(masks, params)

@@ -603,3 +603,64 @@ def test_masks_errors_name_the_leaf(params):
     select.masks(missing, the_plan, 0.5)
   with pytest.raises(ValueError, match="sparsity"):
     select.masks(imp, the_plan, 1.5)
+
+
+# ---------------------------------------------------------------- stacked (per-layer) leaves
+def _stacked_scores():
+  """(layers, in, out) scores whose layer 0 is far below the rest: a global budget empties it."""
+  rng = np.random.default_rng(3)
+  x = rng.random((3, 8, 4)).astype(np.float32)
+  x[0] *= 1e-3
+  return {"w": jnp.asarray(x), "b": jnp.asarray(rng.random(5), jnp.float32)}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_stacked_leaf_gets_a_budget_per_layer_under_a_local_scope(jit):
+  scores = _stacked_scores()
+  the_plan = groups.plan(scores, [("w", groups.per_layer(groups.element(), 0)),
+                                  ("b", groups.element())])
+  sel = select.selector("local", floor=0.0)
+  fn = functools.partial(select.masks, the_plan=the_plan, sparsity=0.75, selector=sel)
+  masks = (jax.jit(fn) if jit else fn)(scores)
+  w = np.asarray(scores["w"])
+  for i in range(3):  # by hand: each layer keeps its own 8 largest of 32
+    want = w[i] >= np.sort(w[i].ravel())[-8]
+    np.testing.assert_array_equal(np.asarray(masks["w"])[i], want)
+  assert int(np.sum(masks["b"])) == 1  # round(0.75 * 5) = 4 pruned
+
+
+def test_the_floor_holds_in_every_layer_of_a_stacked_leaf():
+  scores = _stacked_scores()
+  the_plan = groups.plan(scores, [("w", groups.per_layer(groups.neurons(-1), 0))])
+  masks = select.masks(scores, the_plan, 0.5, select.selector(floor=0.25))
+  kept = np.broadcast_to(np.asarray(masks["w"]), (3, 8, 4))[:, 0, :]  # (layers, units)
+  # 12 units, 6 pruned globally: layer 0's 4 units are the lowest, so all 4 go, then 2 more; the
+  # per-layer floor ceil(0.25 * 4) = 1 keeps layer 0's best unit instead.
+  unit = np.asarray(scores["w"]).sum(1)
+  assert kept[0].sum() == 1 and kept[0, np.argmax(unit[0])]
+  whole = groups.plan(scores, [("w", groups.neurons(-1))])  # one leaf: the floor is over 4 units
+  kept_whole = np.broadcast_to(select.masks(scores, whole, 0.5, select.selector(floor=0.25))["w"],
+                               (3, 8, 4))
+  assert kept_whole.sum() == 2 * 3 * 8  # 2 of its 4 units, in every layer alike
+
+
+def test_stacked_leaves_are_normalized_per_layer():
+  scores = _stacked_scores()
+  the_plan = groups.plan(scores, [("w", groups.per_layer(groups.element(), 0))])
+  masks = select.masks(scores, the_plan, 0.5, select.selector(normalizer="max", floor=0.0))
+  w = np.asarray(scores["w"])
+  normalized = w / w.max(axis=(1, 2), keepdims=True)  # by hand, per layer
+  want = normalized >= np.sort(normalized.ravel())[48]
+  np.testing.assert_array_equal(np.asarray(masks["w"]), want)
+  assert np.asarray(masks["w"])[0].sum() > 0  # layer 0 competes after its own normalization
+
+
+def test_erk_scores_a_stacked_leaf_by_the_shape_of_one_layer():
+  stacked = {"a": jnp.ones((3, 64, 32)), "b": jnp.ones((32, 8))}
+  separate = {"a0": jnp.ones((64, 32)), "a1": jnp.ones((64, 32)), "a2": jnp.ones((64, 32)),
+              "b": jnp.ones((32, 8))}
+  plan_stacked = {"a": groups.per_layer(groups.element(), 0), "b": groups.element()}
+  plan_separate = jax.tree.map(lambda _: groups.element(), separate)
+  got = select.erk(stacked, plan_stacked, 0.8)
+  want = select.erk(separate, plan_separate, 0.8)
+  assert got["a"] == pytest.approx(want["a0"]) and got["b"] == pytest.approx(want["b"])

@@ -1,6 +1,7 @@
 """The model zoo under impjax's structure tools: every member's discovered MLP-unit and head
 groups equal a hand-written expectation, its default 2:4 rules run along each kernel's
-contraction axis, and half its units and heads compacted match the masked model."""
+contraction axis, half its units and heads compacted match the masked model, per-channel
+quantization, targeted dropout over its units, and per-layer selection of stacked kernels."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from impjax import transforms
 from impjax import tree_utils
 from impjax.models import zoo
 from impjax.pruning.structured import encoder_groups
+from impjax.transforms.targeted_dropout import targeted_unit_masks
 from tests.helpers import zoo_model
 
 
@@ -233,3 +235,67 @@ def test_per_channel_quantization_has_one_scale_per_output_channel(member, found
     scale = np.where(absmax > 0, absmax / 7, 1.0)
     np.testing.assert_allclose(out[path], np.clip(np.round(w / scale), -7, 7) * scale,
                                rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def _unit_masks_fn(found, alpha):
+  return jax.jit(lambda key, imp, p: targeted_unit_masks(key, found, imp, p, 0.5,
+                                                                          alpha))
+
+
+def test_targeted_dropout_drops_the_weakest_units_of_each_layer_and_nothing_else(member, found):
+  params = member.params
+  importance = jax.tree.map(jnp.abs, params)
+  masks = tree_utils.leaves_by_path(_unit_masks_fn(found, 1.0)(jax.random.key(0), importance, params))
+  # By hand: every layer of every group drops its floor(units / 2) lowest-scoring units.
+  keep = {}
+  for name, score in structure.group_scores(found, importance, how="l2").items():
+    rows = np.asarray(score).reshape(-1, score.shape[-1])
+    units = rows.shape[-1]
+    want = np.ones(rows.shape, bool)
+    for row, w in zip(rows, want):
+      w[row < np.sort(row)[units // 2]] = False
+    keep[name] = want.reshape(score.shape)
+  coupled = {n: found.groups[n].coupled for n in keep}
+  want = tree_utils.leaves_by_path(groups.coupled_masks(params, coupled, keep))
+  members = {m.path for c in coupled.values() for m in groups.members(c)}
+  for path, leaf in tree_utils.leaves_by_path(params).items():
+    got = np.broadcast_to(masks[path], np.shape(leaf))
+    np.testing.assert_array_equal(got, np.broadcast_to(want[path], np.shape(leaf)), err_msg=path)
+    if path not in members:  # residual stream, norms, stem, classifier: untouched
+      assert got.all(), path
+  assert any(not np.asarray(m).all() for m in masks.values())
+  none = _unit_masks_fn(found, 0.0)(jax.random.key(0), importance, params)  # alpha 0: nothing dropped
+  assert all(np.asarray(m).all() for m in jax.tree.leaves(none))
+
+
+def test_a_default_global_selection_empties_no_layer_and_reports_each(member, found):
+  params = member.params
+  the_plan = groups.plan(params, structure.rules(found, params))
+  # The first planned leaf (its first layer, when stacked) scaled far below the rest, so the
+  # global budget alone would empty it.
+  first = next(path for path, g in zip(tree_utils.path_names(params), jax.tree.leaves(the_plan))
+               if g.kind != "dense")
+
+  def weaken(path, w, g):
+    w = jnp.abs(w)
+    if path != first:
+      return w
+    if g.layer_axis is None:
+      return w * 1e-6
+    scale = jnp.ones(w.shape[g.layer_axis]).at[0].set(1e-6)
+    return w * jnp.expand_dims(scale, [a for a in range(w.ndim) if a != g.layer_axis])
+  importance = tree_utils.map_with_path(weaken, params, the_plan)
+  masks = select.masks(importance, the_plan, 0.98)
+  report = transforms.sparsity_report(masks, params, the_plan)
+  for path, p, g, m in zip(tree_utils.path_names(params), jax.tree.leaves(params),
+                           jax.tree.leaves(the_plan), jax.tree.leaves(masks)):
+    if g.kind == "dense":
+      continue
+    kept = np.broadcast_to(np.asarray(m), np.shape(p))
+    layers = np.moveaxis(kept, g.layer_axis, 0) if g.layer_axis is not None else kept[None]
+    for i, layer in enumerate(layers):  # every layer keeps at least its 1% floor
+      assert layer.sum() >= np.ceil(0.01 * layer.size), (path, i)
+      if g.layer_axis is not None:
+        assert report[f"{path}[{i}]"] == pytest.approx(1 - layer.mean()), (path, i)
+  stacked = [g for g in jax.tree.leaves(the_plan) if g.layer_axis is not None]
+  assert bool(stacked) == (member.name == "vit_scan")

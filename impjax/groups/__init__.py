@@ -34,6 +34,7 @@ from impjax.groups.granularity import leaf
 from impjax.groups.granularity import n_of_m
 from impjax.groups.granularity import neurons
 from impjax.groups.granularity import num_groups
+from impjax.groups.granularity import per_layer
 from impjax.groups.granularity import reduce_leaf
 from impjax.groups.normalize import NORMALIZERS
 from impjax.groups.normalize import lamp
@@ -78,6 +79,7 @@ __all__ = [
     "optional",
     "num_entries",
     "num_groups",
+    "per_layer",
     "plan",
     "reduce",
     "reduce_leaf",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 
 REDUCTIONS = ("sum", "mean", "max", "l2")
@@ -36,12 +37,16 @@ class Granularity:
     block: block shape of ``blocks``.
     n: kept per group of ``n_of_m``.
     m: group size of ``n_of_m``.
+    layer_axis: the layer axis of a stacked (scanned) leaf, or ``None``: each layer's slice
+      is then its own set of units (groups are ordered layer by layer, and selection gives
+      every layer its own floor and, with a local scope, its own budget).
   """
   kind: str
   axis: int = -1
   block: tuple[int, ...] = ()
   n: int = 0
   m: int = 0
+  layer_axis: int | None = None
 
 
 DENSE = Granularity("dense")
@@ -76,6 +81,27 @@ def n_of_m(n: int, m: int, axis: int = 0) -> Granularity:
   return Granularity("n_of_m", axis=axis, n=n, m=m)
 
 
+def per_layer(g: Granularity, layer_axis: int = 0) -> Granularity:
+  """``g`` applied to each layer of a stacked leaf separately (``layer_axis``: its layer axis;
+  ``axis`` and ``block`` still refer to the whole leaf).
+
+  Example:
+    >>> from impjax import groups
+    >>> s = jnp.arange(12.0).reshape(2, 3, 2)  # (layers, in, out)
+    >>> groups.reduce_leaf(s, groups.per_layer(groups.neurons(-1))).tolist()
+    [6.0, 9.0, 24.0, 27.0]
+  """
+  return dataclasses.replace(g, layer_axis=layer_axis)
+
+
+def _slice_granularity(g: Granularity, ndim: int) -> tuple[int, Granularity]:
+  """The layer axis (non-negative) and the granularity of one layer's slice."""
+  lax_ = g.layer_axis % ndim
+  axis = g.axis % ndim
+  block = g.block[:lax_] + g.block[lax_ + 1:] if g.block else ()
+  return lax_, dataclasses.replace(g, axis=axis - (axis > lax_), block=block, layer_axis=None)
+
+
 def reduce_over(x: jnp.ndarray, axes: tuple[int, ...], how: str) -> jnp.ndarray:
   """Reduces ``x`` over ``axes`` by ``how`` (sum, mean, max or l2)."""
   if how == "sum":
@@ -102,12 +128,25 @@ def check_leaf(shape: tuple[int, ...], g: Granularity, path: str) -> None:
   if g.kind == "blocks" and (len(g.block) != len(shape)
                              or any(s % b for s, b in zip(shape, g.block))):
     raise ValueError(f"Block shape {g.block} does not tile leaf '{path}' of shape {shape}.")
+  if g.layer_axis is not None and g.kind != "dense":
+    if not -len(shape) <= g.layer_axis < len(shape):
+      raise ValueError(f"Leaf '{path}' of shape {shape} has no layer axis {g.layer_axis}.")
+    lax_ = g.layer_axis % len(shape)
+    if g.kind in ("neurons", "n_of_m") and g.axis % len(shape) == lax_:
+      raise ValueError(f"Leaf '{path}': the {g.kind} axis {g.axis} is its layer axis "
+                       f"{g.layer_axis}; units lie within a layer.")
+    if g.kind == "blocks" and g.block[lax_] != 1:
+      raise ValueError(f"Leaf '{path}': blocks {g.block} span layers along its layer axis "
+                       f"{g.layer_axis}; give that axis block size 1.")
 
 
 def reduce_leaf(score: jnp.ndarray, g: Granularity, how: str = "sum") -> jnp.ndarray:
-  """Flat group scores of one leaf (empty for dense leaves)."""
+  """Flat group scores of one leaf (empty for dense leaves; layer by layer for a stacked one)."""
   if g.kind == "dense":
     return jnp.zeros((0,), jnp.float32)
+  if g.layer_axis is not None:
+    lax_, inner = _slice_granularity(g, score.ndim)
+    return jax.vmap(lambda x: reduce_leaf(x, inner, how), in_axes=lax_)(score).reshape(-1)
   if g.kind in ("element", "n_of_m"):
     return score.reshape(-1)
   if g.kind == "leaf":
@@ -128,6 +167,12 @@ def expand_leaf(group_mask: jnp.ndarray, g: Granularity, shape: tuple[int, ...])
   """Element mask (broadcastable to ``shape``) from a flat group mask."""
   if g.kind == "dense":
     return jnp.ones((), jnp.bool_)
+  if g.layer_axis is not None:
+    lax_, inner = _slice_granularity(g, len(shape))
+    rest = shape[:lax_] + shape[lax_ + 1:]
+    rows = group_mask.reshape(shape[lax_], -1)
+    full = jax.vmap(lambda m: jnp.broadcast_to(expand_leaf(m, inner, rest), rest))(rows)
+    return jnp.moveaxis(full, 0, lax_)
   if g.kind in ("element", "n_of_m"):
     return group_mask.reshape(shape)
   if g.kind == "leaf":
@@ -150,6 +195,9 @@ def num_groups(shape: tuple[int, ...], g: Granularity) -> int:
   """How many units a leaf of ``shape`` has under ``g``."""
   if g.kind == "dense":
     return 0
+  if g.layer_axis is not None:
+    lax_, inner = _slice_granularity(g, len(shape))
+    return shape[lax_] * num_groups(shape[:lax_] + shape[lax_ + 1:], inner)
   if g.kind in ("element", "n_of_m"):
     return math.prod(shape)
   if g.kind == "leaf":

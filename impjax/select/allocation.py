@@ -35,6 +35,8 @@ def erk(params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: float,
   """Per-leaf sparsities with ERK densities whose parameter-weighted mean meets ``sparsity``.
 
   Leaves whose ERK density would exceed 1 are kept dense and the rest rescaled (RigL's loop).
+  A stacked leaf planned per layer (a granularity with a ``layer_axis``) is scored by the
+  shape of one layer, so it gets the density its layers would get as separate leaves.
   """
   tree_utils.check_fraction(sparsity, what="sparsity")
   flat, treedef = jax.tree.flatten(params)
@@ -42,7 +44,10 @@ def erk(params: tree_utils.Params, the_plan: tree_utils.Plan, sparsity: float,
   shapes = [np.shape(p) for p in flat]
   prunable = [i for i, g in enumerate(plans) if g.kind != "dense"]
   sizes = {i: math.prod(shapes[i]) for i in prunable}
-  raw = {i: (sum(shapes[i]) / sizes[i]) ** power for i in prunable}
+  layer = lambda i: (shapes[i] if plans[i].layer_axis is None else
+                     tuple(d for a, d in enumerate(shapes[i])
+                           if a != plans[i].layer_axis % len(shapes[i])))
+  raw = {i: (sum(layer(i)) / math.prod(layer(i))) ** power for i in prunable}
   budget = (1.0 - sparsity) * sum(sizes.values())
   dense: set[int] = set()
   while True:

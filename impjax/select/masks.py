@@ -59,20 +59,45 @@ def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity
       lambda s, g: (s[:0].reshape(-1) if g.kind == "n_of_m"
                     else groups.reduce_leaf(s, g, selector.reduce)),
       importance, the_plan)
-  grouped = groups.normalize(grouped, selector.normalizer)
+  split = lambda tree: _by_layer(tree, the_plan, importance, split=True)
+  join = lambda tree: _by_layer(tree, the_plan, importance, split=False)
+  grouped = join(groups.normalize(split(grouped), selector.normalizer))
   if previous is not None:
     grouped = jax.tree.map(_rank_pruned_last, grouped, the_plan, previous, importance)
-  group_masks = topk(grouped, sparsity, scope=selector.scope)
+  if selector.scope == "local":
+    group_masks = join(topk(split(grouped), _by_layer(sparsity, the_plan, importance, split=True,
+                                                      copies=True), scope="local"))
+  else:
+    group_masks = topk(grouped, sparsity, scope=selector.scope)
   if selector.floor > 0:
-    group_masks = jax.tree.map(
-        lambda m, s, g: m if g.kind == "n_of_m" or s.size == 0 else _floored(m, s, selector.floor),
-        group_masks, grouped, the_plan)
+    group_masks = join(jax.tree.map(
+        lambda m, s: m if s.size == 0 else _floored(m, s, selector.floor),
+        split(group_masks), split(jax.tree.map(
+            lambda s, g: s[:0] if g.kind == "n_of_m" else s, grouped, the_plan))))
 
   def leaf(s, g, m):
     if g.kind == "n_of_m":
       return n_of_m_leaf(s, g.n, g.m, g.axis)
     return groups.expand_leaf(m, g, np.shape(s))
   return jax.tree.map(leaf, importance, the_plan, group_masks)
+
+
+def _by_layer(tree: Any, the_plan: tree_utils.Plan, importance: Any, *, split: bool,
+              copies: bool = False) -> Any:
+  """Flat group vectors of stacked leaves as a tuple of per-layer rows (``split``), or the rows
+  joined back; ``copies``: a per-leaf value (a local budget) repeated for every layer. A scalar
+  ``tree`` (a scalar budget) passes through."""
+  if isinstance(tree, (int, float)) or hasattr(tree, "shape"):
+    return tree
+
+  def leaf(g, x, s):
+    if g.layer_axis is None or g.kind in ("dense", "n_of_m"):
+      return x
+    layers = np.shape(s)[g.layer_axis]
+    if copies:
+      return (x,) * layers
+    return tuple(x.reshape(layers, -1)) if split else jnp.concatenate(x)
+  return jax.tree.map(leaf, the_plan, tree, importance)
 
 
 def _floored(mask: jax.Array, group_scores: jax.Array, floor: float) -> jax.Array:

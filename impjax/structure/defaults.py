@@ -47,7 +47,9 @@ def rules(s: Structure, params: tree_utils.Params,
     params: the params (for the axis sizes N:M must divide).
     granularity: ``element()``, ``n_of_m(n, m)`` (its axis is replaced by the kernel's
       last contraction axis that ``m`` divides; a kernel with none stays dense), ``neurons()``
-      (replaced by the last output axis) or ``blocks`` / ``leaf`` as given.
+      (replaced by the last output axis) or ``blocks`` / ``leaf`` as given. A stacked
+      (scanned) kernel gets it per layer (:func:`impjax.groups.per_layer` on its layer axis):
+      its own floor, budget and report line per layer.
     dense_io: keep the layers that read the model's input or write its output dense.
 
   Returns:
@@ -67,6 +69,8 @@ def rules(s: Structure, params: tree_utils.Params,
       g = groups.n_of_m(g.n, g.m, axis=axes[-1])
     elif g.kind == "neurons":
       g = groups.neurons(k.output[-1])
+    if k.layer is not None and g.kind != "n_of_m":
+      g = groups.per_layer(g, k.layer)
     out.append(("^" + re.escape(path) + "$", g))
   return out
 

@@ -129,20 +129,33 @@ def unpack_masks(masks: tree_utils.Masks, params: tree_utils.Params) -> tree_uti
   return jax.tree.map(leaf, masks, params)
 
 
-def sparsity_report(masks: tree_utils.Masks, params: tree_utils.Params) -> dict[str, float]:
-  """Fraction of weights pruned per prunable leaf, plus ``"global"`` over prunable leaves.
+def sparsity_report(masks: tree_utils.Masks, params: tree_utils.Params,
+                    the_plan: tree_utils.Plan | None = None) -> dict[str, float]:
+  """Fraction of weights pruned per prunable leaf, plus ``"global"`` over prunable leaves;
+  with ``the_plan``, a line ``"path[i]"`` per layer of each stacked leaf too (a granularity
+  with a ``layer_axis``, as :func:`impjax.structure.rules` plans scanned kernels).
 
   Example:
     >>> sparsity_report({"w": jnp.array([True, False])}, {"w": jnp.ones(2)})
     {'w': 0.5, 'global': 0.5}
+    >>> from impjax import groups
+    >>> m = {"w": jnp.array([[True, True], [False, True]])}  # (layers, units)
+    >>> sparsity_report(m, {"w": jnp.ones((2, 2))}, {"w": groups.per_layer(groups.element())})
+    {'w': 0.25, 'w[0]': 0.0, 'w[1]': 0.5, 'global': 0.25}
   """
+  plans = jax.tree.leaves(the_plan) if the_plan is not None else [None] * len(
+      jax.tree.leaves(params))
   report, pruned, total = {}, 0, 0
-  for path, m, p in zip(tree_utils.path_names(params), jax.tree.leaves(masks),
-                        jax.tree.leaves(params)):
+  for path, m, p, g in zip(tree_utils.path_names(params), jax.tree.leaves(masks),
+                           jax.tree.leaves(params), plans):
     if np.ndim(m) == 0 and np.ndim(p) > 0:
       continue
-    n_pruned = int(np.size(p) - np.sum(np.broadcast_to(np.asarray(m), np.shape(p))))
+    kept = np.broadcast_to(np.asarray(m), np.shape(p))
+    n_pruned = int(np.size(p) - np.sum(kept))
     report[path] = n_pruned / np.size(p)
+    if g is not None and g.layer_axis is not None:
+      for i, layer in enumerate(np.moveaxis(kept, g.layer_axis, 0)):
+        report[f"{path}[{i}]"] = 1.0 - float(np.mean(layer))
     pruned, total = pruned + n_pruned, total + np.size(p)
   report["global"] = pruned / total if total else 0.0
   return report

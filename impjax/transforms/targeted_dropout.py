@@ -6,6 +6,12 @@ variant, leaves planned ``element``) or a layer's units (unit variant, leaves pl
 Nothing is rescaled, and evaluation uses the weights unchanged (call the unwrapped loss or
 model). A network trained this way stops relying on what magnitude pruning later removes.
 
+With a :class:`impjax.structure.Structure` of any model (``structure=``), the units are its
+discovered MLP units and attention heads, each scored over all its coupled entries and ranked
+within its own layer; a dropped unit loses every coupled entry (its kernel columns and rows,
+bias entries, a head's q/k/v/out slices), and the residual stream, norms, stem and classifier
+are never touched.
+
 Reference: Gomez et al. 2019, "Learning Sparse Networks Using Targeted Dropout" (for-ai/TD:
 per-output-column thresholds ``tau_j = sort(|W[:, j]|)[floor(gamma * fan_in)]``, targeted
 ``|W| < tau_j``, no ``1/(1 - alpha)`` rescale; the unit variant ranks units by column L2 norm).
@@ -138,8 +144,39 @@ def targeted_masks(key: jax.Array, importance: tree_utils.Importance, the_plan: 
                                       zip(keys, leaves, plans, jax.tree.leaves(importance))])
 
 
+def targeted_unit_masks(key: jax.Array, s: Any, importance: tree_utils.Importance,
+                        params: tree_utils.Params, gamma: Any, alpha: Any) -> tree_utils.Masks:
+  """Element keep-masks of one step over the discovered units of ``s`` (a
+  :class:`impjax.structure.Structure`): in every layer of every MLP-unit and head group, the
+  units whose L2 importance over their coupled entries is below the layer's
+  ``floor(gamma * units)``-th smallest are targeted, each dropped with probability ``alpha``.
+
+  Example:
+    >>> from impjax import structure
+    >>> params = {"w1": jnp.array([[1.0, 3.0, 2.0, 0.5]]), "w2": jnp.ones((4, 1))}
+    >>> s = structure.discover(lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"], params,
+    ...                        jnp.ones((1, 1)))
+    >>> m = targeted_unit_masks(jax.random.key(0), s, params, params, 0.5, 1.0)
+    >>> m["w1"].tolist(), m["w2"][:, 0].tolist()
+    ([[False, True, True, False]], [False, True, True, False])
+  """
+  from impjax.structure import selection  # pylint: disable=g-import-not-at-top
+  tree_utils.check_fraction(gamma, what="gamma")
+  tree_utils.check_fraction(alpha, what="alpha")
+  unit_scores = selection.group_scores(s, importance, how="l2")
+  keys = jax.random.split(key, max(len(unit_scores), 1))
+  keep = {}
+  for k, (name, score) in zip(keys, sorted(unit_scores.items())):
+    rows = score.reshape(-1, score.shape[-1])  # (layers, units)
+    targeted = _below_quantile(rows.T, gamma).T
+    drop = jax.random.bernoulli(k, alpha, rows.shape)
+    keep[name] = jnp.logical_not(targeted & drop).reshape(score.shape)
+  return groups.coupled_masks(params, {n: s.groups[n].coupled for n in keep}, keep)
+
+
 def targeted_dropout(loss_fn: Callable[..., Any], *, gamma: float = 0.5, alpha: float = 0.5,
-                     rules: groups.Rules | None = None) -> Callable[..., Any]:
+                     rules: groups.Rules | None = None,
+                     structure: Any = None) -> Callable[..., Any]:
   """Wraps ``loss_fn(params, *args, **kwargs)`` to train with targeted dropout.
 
   The wrapped function is ``(params, key, *args, importance=None, **kwargs)``: it draws
@@ -154,18 +191,25 @@ def targeted_dropout(loss_fn: Callable[..., Any], *, gamma: float = 0.5, alpha: 
     alpha: drop probability of a targeted weight or unit (default 0.5).
     rules: path rules; ``element`` leaves get the weight variant, ``neurons`` leaves the unit
       variant. Default: every ``kernel`` elementwise, biases and norms untouched.
+    structure: a :class:`impjax.structure.Structure` of the model: the unit variant over its
+      discovered MLP units and heads (:func:`targeted_unit_masks`) instead of ``rules``.
 
   Returns:
     The wrapped loss.
   """
   tree_utils.check_fraction(gamma, what="gamma")
   tree_utils.check_fraction(alpha, what="alpha")
+  if structure is not None and rules is not None:
+    raise ValueError("targeted_dropout takes rules or a structure, not both: the structure's "
+                     "groups say which units are targeted.")
 
   def wrapped(params, key, *args, importance=None, **kwargs):
-    the_plan = groups.plan(params, rules)
     if importance is None:
       importance = scores.magnitude(jax.lax.stop_gradient(params))
-    masks = targeted_masks(key, importance, the_plan, gamma, alpha)
+    if structure is None:
+      masks = targeted_masks(key, importance, groups.plan(params, rules), gamma, alpha)
+    else:
+      masks = targeted_unit_masks(key, structure, importance, params, gamma, alpha)
     return loss_fn(masking.apply_masks(params, masks), *args, **kwargs)
 
   return wrapped
