@@ -153,7 +153,12 @@ def coupled_scores(importance: tree_utils.Importance, group: Coupled,
 
 def member_mask(keep: Any, m: Member, shape: tuple[int, ...], stacked: bool) -> jax.Array:
   """Bool mask broadcastable to a leaf of ``shape`` from a group keep vector."""
-  keep = jnp.asarray(keep, jnp.bool_)
+  return member_values(jnp.asarray(keep, jnp.bool_), m, shape, stacked)
+
+
+def member_values(keep: jax.Array, m: Member, shape: tuple[int, ...], stacked: bool) -> jax.Array:
+  """Per-unit values (``(units,)`` or ``(layers, units)``, any dtype) spread over a member's
+  entries: an array broadcastable to a leaf of ``shape``."""
   units = keep.shape[-1]
   entries = jnp.broadcast_to(keep[..., None, :, None], keep.shape[:-1] + (m.outer, units,
                                                                           m.inner))

@@ -10,6 +10,8 @@
 - ``capture``: the inputs' squared sums of every kernel, read by re-running the computation
   (:func:`input_moments`), and Wanda's importance from them.
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
+- ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
+  per-example gates on the kernels that read them.
 
 Example:
   >>> import jax.numpy as jnp
@@ -37,7 +39,8 @@ from impjax.structure.ordering import width_masks
 from impjax.structure.selection import group_scores
 from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
+from impjax.structure.unit_taylor import entropy_taylor_scores
 
 __all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "channel_axes", "compact_model",
-           "discover", "group_scores", "input_moments", "keep_at_width", "keep_units", "rules",
+           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "rules",
            "schemes", "trace", "unit_ranks", "wanda", "width_masks"]
