@@ -22,8 +22,8 @@ config (``configs/default.py``) and builders (``launch/train.py``). It provides:
 * MiniLM: :func:`params_of`, :func:`nonzero_params`, :func:`time_ratio`, :class:`Evaluation`
   (dense reference embeddings and a pruned model's metrics against them),
   :func:`evaluation_sets`, :func:`source_sentences`, :func:`one_shot_kwargs`, :func:`metric_key`,
-  and the retrieval fine-tuning pieces :func:`fixed_length`, :func:`retrieval_batches`,
-  :func:`retrieval_hits`.
+  and the retrieval fine-tuning pieces :func:`retrieval_task`, :func:`fixed_length`,
+  :func:`retrieval_batches`, :func:`retrieval_finetune`, :func:`retrieval_hits`.
 
 Scripts import it after putting ``benchmarks/`` on ``sys.path``::
 
@@ -39,7 +39,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -433,6 +433,56 @@ def retrieval_batches(tokenizer, settings, seed, source="docstrings"):
       out.append({"q_ids": q["ids"][i], "q_mask": q["mask"][i],
                   "p_ids": p["ids"][i], "p_mask": p["mask"][i]})
   return out[:settings["steps"]]
+
+
+class RetrievalTask(NamedTuple):
+  """The pretrained MiniLM and its retrieval evaluation, as the fine-tuning benchmarks use it:
+  ``top1(params)`` is the retrieval top-1 over ``pairs`` evaluation pairs of the docstrings."""
+  model: Any
+  tokenizer: Any
+  graphdef: Any
+  pretrained: dict
+  settings: dict
+  pairs: int
+  top1: Callable[[dict], float]
+
+
+def retrieval_task(steps: int, pairs: int | None = None) -> RetrievalTask:
+  """:class:`RetrievalTask` with ``steps`` fine-tuning batches of 16 pairs (queries cut to 32
+  tokens, passages to 64) and the first ``pairs`` evaluation pairs (all: ``None``)."""
+  model, tokenizer = minilm.load_pretrained()
+  graphdef, state = nnx.split(model)
+  queries, passages = text.retrieval_pairs("evaluation", "docstrings")
+  queries, passages = queries[:pairs], passages[:pairs]
+
+  def top1(params):
+    return float(np.mean(retrieval_hits(nnx.merge(graphdef, params), tokenizer, queries,
+                                        passages)))
+  settings = {"steps": steps, "batch": 16, "query_len": 32, "passage_len": 64}
+  return RetrievalTask(model, tokenizer, graphdef, nnx.to_pure_dict(state), settings,
+                       len(queries), top1)
+
+
+def retrieval_finetune(graphdef, params, tx, batches, log_every: int = 20):
+  """``params`` fine-tuned with ``tx`` on the contrastive retrieval loss over ``batches``
+  (:func:`retrieval_batches`), one jitted step per batch; ``(params, opt_state)``."""
+  def loss(params, batch):
+    m = nnx.merge(graphdef, params)
+    return metrics.contrastive_loss(m.encode(batch["q_ids"], batch["q_mask"]),
+                                    m.encode(batch["p_ids"], batch["p_mask"]))
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    value, grads = jax.value_and_grad(loss)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  opt_state = tx.init(params)
+  for i, batch in enumerate(batches):
+    params, opt_state, value = step(params, opt_state, batch)
+    if i % log_every == 0:
+      print(f"step {i:3d}  loss {float(value):.4f}", flush=True)
+  return params, opt_state
 
 
 def retrieval_hits(model, tokenizer, queries, passages) -> np.ndarray:

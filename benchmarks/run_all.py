@@ -39,6 +39,7 @@ BENCHMARKS = (
     "quality/minilm_mixed_precision",
     "quality/minilm_layer_sampling",
     "quality/dare_minilm",
+    "quality/minilm_recovery",
 )
 """Every benchmark, as ``folder/name`` under ``benchmarks/``; ``--only`` takes the names."""
 

@@ -100,3 +100,17 @@ def iterative(final: float, rounds: int, begin_step: int, frequency: int) -> Sch
     return (t >= begin_step) & (t <= last) & ((t - begin_step) % frequency == 0)
 
   return Schedule(sparsity, is_update_step, float(final))
+
+
+def hold(sparsity: float = 0.0) -> Schedule:
+  """Never re-select: the masks a transform starts from are kept for the whole run (recovery
+  fine-tuning after one-shot pruning, with :func:`impjax.transforms.hold_masks`).
+  ``sparsity`` is what the masks hold, for reports.
+
+  Example:
+    >>> bool(hold(0.5).is_update_step(0)), float(hold(0.5).sparsity(7))
+    (False, 0.5)
+  """
+  tree_utils.check_fraction(sparsity, what="sparsity")
+  return Schedule(lambda t: jnp.full((), sparsity, jnp.float32),
+                  lambda t: jnp.zeros((), jnp.bool_), float(sparsity))

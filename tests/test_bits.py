@@ -201,3 +201,26 @@ def test_salient_channels_and_average_bits():
 
 def test_bits_of():
   assert [select.bits_of(c) for c in (2, 8, "float8_e5m2", "bfloat16")] == [2, 8, 8, 16]
+
+
+@pytest.mark.parametrize("g, want_shape", [
+    (groups.per_layer(groups.leaf(), 1), (1, 3, 1)),
+    (groups.per_layer(groups.neurons(0), 1), (4, 3, 1)),
+    (groups.per_layer(groups.neurons(-1), 1), (1, 3, 2))])
+def test_bits_of_a_stacked_leaf_vary_per_layer(g, want_shape):
+  p = {"k": jnp.ones((4, 3, 2))}  # layer axis 1
+  units = groups.num_groups((4, 3, 2), g)
+  idx = jnp.arange(units) % 3
+  bits = select.to_bits({"k": idx}, (2, 4, 8), p, {"k": g})["k"]
+  assert bits.shape == want_shape
+  # By hand: unit u of layer l is entry l * (units per layer) + u of the flat choice vector.
+  per_layer = np.asarray([2, 4, 8])[np.asarray(idx)].reshape(3, -1)
+  full = np.broadcast_to(np.asarray(bits), (4, 3, 2))
+  for layer in range(3):
+    got = full[:, layer]
+    if g.kind == "leaf":
+      assert (got == per_layer[layer, 0]).all()
+    elif g.axis == 0:
+      np.testing.assert_array_equal(got[:, 0], per_layer[layer])
+    else:
+      np.testing.assert_array_equal(got[0], per_layer[layer])

@@ -291,3 +291,48 @@ def test_sparsity_report_has_a_line_per_layer_of_a_stacked_leaf():
   report = ij.transforms.sparsity_report(masks, params, the_plan)
   assert report == {"w": 5 / 12, "w[0]": 0.0, "w[1]": 0.75, "w[2]": 0.5, "global": 5 / 12}
   assert "w[0]" not in ij.transforms.sparsity_report(masks, params)
+
+
+# ------------------------------------------------------------------ held (one-shot) masks
+def _held_setup():
+  params = random_tree(4, {"dense": {"kernel": (6, 4), "bias": (4,)}, "out": {"kernel": (4, 3)}})
+  rng = np.random.default_rng(5)
+  masks = {"dense": {"kernel": jnp.asarray(rng.random((6, 4)) < 0.5), "bias": jnp.ones((), bool)},
+           "out": {"kernel": jnp.asarray(rng.random((4, 3)) < 0.3)}}
+  grads = [jax.tree.map(lambda p, i=i: jnp.asarray(
+      np.random.default_rng(10 + i).standard_normal(np.shape(p)), jnp.float32), params)
+      for i in range(4)]
+  return params, masks, grads
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_hold_masks_keeps_the_given_masks_against_a_hand_written_loop(jit):
+  params, masks, grads = _held_setup()
+  tx = ij.transforms.hold_masks(optax.adam(0.05), masks)
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  p = params
+  # By hand: Adam on the masked gradients, pruned weights set to zero.
+  ref, ref_state = params, optax.adam(0.05).init(params)
+  for g in grads:
+    updates, state = update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    u, ref_state = optax.adam(0.05).update(jax.tree.map(lambda g, m: jnp.where(m, g, 0), g, masks),
+                                           ref_state, ref)
+    ref = jax.tree.map(lambda w, u, m: jnp.where(m, w + u, 0), ref, u, masks)
+  chex.assert_trees_all_close(p, ref, rtol=1e-6, atol=1e-7)
+  for path in ("dense", "out"):
+    kernel, m = np.asarray(p[path]["kernel"]), np.asarray(masks[path]["kernel"])
+    assert (kernel[~m] == 0).all() and (kernel[m] != np.asarray(params[path]["kernel"])[m]).all()
+  held = ij.transforms.current_masks(state, p)
+  np.testing.assert_array_equal(held["out"]["kernel"], masks["out"]["kernel"])
+  assert int(masking.find_prune_state(state).count) == len(grads)
+
+
+def test_prune_refuses_given_masks_that_prune_a_dense_leaf_naming_it():
+  params, masks, _ = _held_setup()
+  tx = ij.transforms.prune(optax.sgd(0.1), ij.schedules.hold(), rules=[("out/kernel",
+                                                                        ij.groups.element())],
+                           masks=masks)
+  with pytest.raises(ValueError, match="'dense/kernel'.*plan dense"):
+    tx.init(params)

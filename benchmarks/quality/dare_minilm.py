@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import sys
 
-from flax import nnx
 import jax
 import numpy as np
 import optax
@@ -37,10 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from impjax import groups  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RATES = (0.5, 0.9)
 EVERY_LEAF = [(".*", groups.element())]
@@ -52,37 +48,11 @@ def main():
                       help="keys of the random drops (default 3, quick 2)")
   args = parser.parse_args()
   drop_seeds = range(args.seed, args.seed + (args.drop_seeds or (2 if args.quick else 3)))
-  settings = {"steps": 10 if args.quick else 100, "batch": 16, "query_len": 32,
-              "passage_len": 64}
-  model, tokenizer = minilm.load_pretrained()
-  graphdef, state = nnx.split(model)
-  pretrained = nnx.to_pure_dict(state)
-  queries, passages = text.retrieval_pairs("evaluation", "docstrings")
-  if args.quick:
-    queries, passages = queries[:128], passages[:128]
-
-  def top1(params):
-    model = nnx.merge(graphdef, params)
-    return float(np.mean(harness.retrieval_hits(model, tokenizer, queries, passages)))
-
-  def loss(params, batch):
-    m = nnx.merge(graphdef, params)
-    return metrics.contrastive_loss(m.encode(batch["q_ids"], batch["q_mask"]),
-                                    m.encode(batch["p_ids"], batch["p_mask"]))
-
-  tx = optax.adamw(5e-5, weight_decay=0.01)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    value, grads = jax.value_and_grad(loss)(params, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
-
-  finetuned, opt_state = pretrained, tx.init(pretrained)
-  for i, batch in enumerate(harness.retrieval_batches(tokenizer, settings, args.seed)):
-    finetuned, opt_state, value = step(finetuned, opt_state, batch)
-    if i % 20 == 0:
-      print(f"step {i:3d}  loss {float(value):.4f}", flush=True)
+  task = harness.retrieval_task(10 if args.quick else 100, 128 if args.quick else None)
+  pretrained, top1 = task.pretrained, task.top1
+  finetuned, _ = harness.retrieval_finetune(
+      task.graphdef, pretrained, optax.adamw(5e-5, weight_decay=0.01),
+      harness.retrieval_batches(task.tokenizer, task.settings, args.seed))
   pre, ft = top1(pretrained), top1(finetuned)
   rows = [{"method": "pretrained", "rate": 0.0, "seed": None, "top1": pre},
           {"method": "finetuned", "rate": 0.0, "seed": None, "top1": ft}]
@@ -113,7 +83,7 @@ def main():
                   f"{np.min(kept):.2f} to {np.max(kept):.2f}"])
   print(harness.format_table(["method", "p", "runs", "top-1 (mean)", "gain kept (mean)",
                               "range"], table))
-  harness.write_json(args.json, {"steps": settings["steps"], "pairs": len(queries),
+  harness.write_json(args.json, {"steps": task.settings["steps"], "pairs": task.pairs,
                                  "drop_seeds": list(drop_seeds), "results": rows,
                                  "summary": summary})
 

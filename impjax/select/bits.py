@@ -118,7 +118,8 @@ def to_bits(choice_index: Any, choices: Sequence[Choice], params: tree_utils.Par
   """A bits tree for :func:`impjax.transforms.fake_quant` from per-unit choice indices.
 
   Leaf units give scalar bits, ``neurons(axis)`` units give bits shaped to broadcast along
-  that axis, dense leaves give ``None``. Float formats (strings) need concrete indices and
+  that axis (and along the layer axis of a leaf planned :func:`impjax.groups.per_layer`), dense
+  leaves give ``None``. Float formats (strings) need concrete indices and
   whole-leaf units.
 
   Example:
@@ -141,12 +142,15 @@ def to_bits(choice_index: Any, choices: Sequence[Choice], params: tree_utils.Par
       choice = choices[int(np.asarray(idx).reshape(-1)[0])]
       return choice if isinstance(choice, str) else int(choice)
     bits = jnp.asarray(costs, jnp.int32)[jnp.asarray(idx, jnp.int32)]
-    if g.kind == "leaf":
-      return bits.reshape(())
-    if g.kind == "neurons":
+    if g.kind in ("leaf", "neurons"):
+      # The unit axes in the leaf's order: the layer axis of a stacked leaf, the neuron axis.
+      axes = ([g.layer_axis % np.ndim(x)] if g.layer_axis is not None else []) + (
+          [g.axis % np.ndim(x)] if g.kind == "neurons" else [])
       view = [1] * np.ndim(x)
-      view[g.axis % np.ndim(x)] = np.shape(x)[g.axis]
-      return bits.reshape(view)
+      for a in axes:
+        view[a] = np.shape(x)[a]
+      grid = bits.reshape([np.shape(x)[a] for a in axes])
+      return (grid.T if axes != sorted(axes) else grid).reshape(view)
     raise ValueError(f"Leaf '{path}': bit allocation supports leaf() and neurons() units, "
                      f"not {g.kind}.")
   return tree_utils.map_with_path(leaf, the_plan, params, choice_index,

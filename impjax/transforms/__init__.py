@@ -3,6 +3,7 @@
 - ``masking``: :func:`prune` wraps an optax optimizer and keeps a schedule-driven,
   importance-selected sparsity through training (masks in its :class:`PruneState`);
   :func:`apply_masks`, :func:`current_masks` and :func:`sparsity_report` read and apply them;
+  :func:`hold_masks` fine-tunes with given (one-shot) masks held;
   ``straight_through=True`` with :func:`straight_through` in the loss trains straight-through
   (STE, SR-STE).
 - ``sparse_training``: :func:`sparse_training`, sparse from the first step with RigL, SET or
@@ -46,6 +47,7 @@ from impjax.transforms.layer_stack import unstack_layers
 from impjax.transforms.masking import PruneState
 from impjax.transforms.masking import apply_masks
 from impjax.transforms.masking import current_masks
+from impjax.transforms.masking import hold_masks
 from impjax.transforms.masking import prune
 from impjax.transforms.masking import sparsity_report
 from impjax.transforms.masking import straight_through
@@ -63,19 +65,20 @@ from impjax.transforms.qat import quantized
 from impjax.transforms.targeted_dropout import targeted_dropout
 
 __all__ = [
-    "ORDER_RULES",
     "ImportanceOrderState",
     "IstState",
     "LayerSampler",
     "LayerSampling",
     "LayerSamplingState",
     "LisaState",
+    "ORDER_RULES",
     "PruneState",
     "apply_masks",
     "at_width",
     "current_masks",
     "fake_quant",
     "fjord_width",
+    "hold_masks",
     "importance_order",
     "index_ranks",
     "ist",

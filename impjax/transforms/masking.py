@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ import optax
 
 from impjax import estimators
 from impjax import groups
+from impjax import schedules
 from impjax import scores
 from impjax import select
 from impjax import tree_utils
@@ -193,6 +195,47 @@ def current_masks(opt_state: Any, params: tree_utils.Params) -> tree_utils.Masks
   return unpack_masks(find_prune_state(opt_state).masks, params)
 
 
+def _given_masks(masks: tree_utils.Masks, params: tree_utils.Params,
+                 the_plan: tree_utils.Plan) -> tree_utils.Masks:
+  """``masks`` in the state's form: full-shape bool for prunable leaves, scalar ``True`` for
+  dense ones (which must keep everything)."""
+  tree_utils.check_same_structure(params, masks, names=("params", "masks"), shapes=False)
+  tree_utils.check_broadcasts(params, masks)
+
+  def leaf(path, p, m, g):
+    m = jnp.asarray(m, jnp.bool_)
+    if g.kind != "dense":
+      return jnp.broadcast_to(m, np.shape(p))
+    if tree_utils.is_concrete(m) and not bool(np.all(np.asarray(m))):
+      raise ValueError(f"The masks given to prune prune leaf '{path}', which the rules plan "
+                       "dense; plan it prunable (or use transforms.hold_masks, whose rules come "
+                       "from the masks).")
+    return jnp.ones((), jnp.bool_)
+  return tree_utils.map_with_path(leaf, params, masks, the_plan)
+
+
+def hold_masks(inner: optax.GradientTransformation, masks: tree_utils.Masks, *,
+               pack: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Fine-tunes with ``masks`` held: :func:`prune` starting from ``masks`` on
+  :func:`impjax.schedules.hold`, every leaf the masks prune planned elementwise. Pruned weights
+  are zero after the first step and stay zero (gradients masked, updates pinned, non-finite
+  steps skipped), so one-shot pruning is followed by recovery in the user's own train loop.
+
+  Example:
+    >>> import optax
+    >>> params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.ones(1)}
+    >>> tx = hold_masks(optax.sgd(0.1), {"w": jnp.array([True, False, True]), "b": True})
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    >>> optax.apply_updates(params, updates)["w"].tolist()
+    [0.8999999761581543, 0.0, 2.9000000953674316]
+  """
+  rules = [("^" + re.escape(path) + "$", groups.element())
+           for path, m in zip(tree_utils.path_names(masks), jax.tree.leaves(masks))
+           if not bool(np.all(np.asarray(m)))]
+  return prune(inner, schedules.hold(), "magnitude", rules=rules, pack=pack, masks=masks)
+
+
 def _check_state_fits(state: Any, params: tree_utils.Params, packed: bool) -> None:
   """Raises ``ValueError`` naming the leaf when ``state`` was built for other params."""
   if not isinstance(state, PruneState):
@@ -215,7 +258,8 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
           estimator: Callable[[estimators.Statistic], estimators.Estimator] | None = None,
           allow_regrowth: bool = False, axis_name: str | None = None,
           pack: bool = False, straight_through: bool = False,
-          sr_ste_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
+          sr_ste_decay: float = 0.0,
+          masks: tree_utils.Masks | None = None) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so training keeps a schedule-driven, importance-selected sparsity.
 
   Args:
@@ -236,6 +280,10 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
       loss reads the masked weights through :func:`straight_through`.
     sr_ste_decay: SR-STE's ``lambda`` (Zhou et al. 2021): ``lambda * w`` is added to the
       gradient of every pruned weight, pulling it towards zero (needs ``straight_through``).
+    masks: bool keep-masks the state starts from (broadcastable to each leaf; default all
+      kept), e.g. one-shot Wanda or SparseGPT masks; ``ValueError`` naming the leaf when they
+      prune a leaf the rules plan dense. With :func:`impjax.schedules.hold` they are kept
+      (:func:`hold_masks`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -255,9 +303,11 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
 
   def init(params):
     the_plan = groups.plan(params, rules)
+    start = (initial_masks(params, the_plan) if masks is None
+             else _given_masks(masks, params, the_plan))
     return PruneState(
         count=jnp.zeros((), jnp.int32),
-        masks=store(initial_masks(params, the_plan)),
+        masks=store(start),
         inner_state=inner.init(params),
         estimator_state=() if est is None else est.init(params),
         skipped_nonfinite=jnp.zeros((), jnp.int32),
