@@ -4,6 +4,11 @@ import glob
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 from flax import nnx
 import jax
@@ -111,6 +116,48 @@ def test_a_save_killed_before_it_finished_is_not_a_checkpoint(runs, tmp_path):
   train.train_and_evaluate(_config(), workdir)
   for a, b in zip(jax.tree.leaves(_final_state(workdir)), jax.tree.leaves(whole)):
     np.testing.assert_array_equal(a, b)
+
+
+# The job, in a process of its own, with orbax's commit of the step-80 save held: the save's
+# files are written to orbax's temporary directory, and the process waits there to be killed.
+_HELD_SAVE = textwrap.dedent("""
+    import sys, time
+    from orbax.checkpoint._src.path import atomicity
+    from launch import train
+    from tests.test_checkpoint_faults import _config
+    marker, workdir = sys.argv[1], sys.argv[2]
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def held(self, *args, **kwargs):
+      if self.get_final().name == "80":
+        open(marker, "w").close()
+        time.sleep(600)
+      return await commit(self, *args, **kwargs)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = held
+    train.train_and_evaluate(_config(), workdir)
+""")
+
+
+@pytest.mark.slow  # runs the main job twice, once in a subprocess that is killed
+def test_a_job_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(runs, tmp_path):
+  whole, _ = runs
+  workdir, marker = str(tmp_path / "run"), str(tmp_path / "saving")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  job = subprocess.Popen([sys.executable, "-c", _HELD_SAVE, marker, workdir], cwd=repo, env=env)
+  deadline = time.time() + 300
+  while not os.path.exists(marker) and job.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(marker), f"the job never reached the step-80 save (exit {job.poll()})"
+  os.kill(job.pid, signal.SIGKILL)  # a real kill, mid-save
+  assert job.wait(60) == -signal.SIGKILL
+  left = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert "80" not in left and any(n.startswith("80.orbax-checkpoint-tmp") for n in left), left
+  summary = train.train_and_evaluate(_config(), workdir)
+  assert summary["steps"] == 80
+  for a, b in zip(jax.tree.leaves(_final_state(workdir)), jax.tree.leaves(whole)):
+    np.testing.assert_array_equal(a, b)  # bitwise: resumed from 60, as if never killed
 
 
 @pytest.mark.slow  # the `runs` fixture
