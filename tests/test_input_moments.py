@@ -22,8 +22,18 @@ def _sq(x, contracted):
   return (x ** 2).sum(axis=others), int(np.prod([x.shape[a] for a in others]))
 
 
-def _linen_reference(member):
-  """``{kernel path: (sq, rows)}`` from the inputs of every Dense / DenseGeneral call."""
+def _gram(x, contracted):
+  """``x^T x`` of ``x`` flattened to (rows, the contracted axes in the given order)."""
+  x = np.asarray(x, np.float64)
+  flat = np.moveaxis(x, [a % x.ndim for a in contracted],
+                     range(x.ndim - len(contracted), x.ndim)).reshape(
+      -1, int(np.prod([x.shape[a] for a in contracted])))
+  return flat.T @ flat
+
+
+def _linen_reference(member, grams=None):
+  """``{kernel path: (sq, rows)}`` from the inputs of every Dense / DenseGeneral call (and
+  their Gram matrices into ``grams``)."""
   seen = {}
 
   def record(next_fun, args, kwargs, context):
@@ -33,6 +43,8 @@ def _linen_reference(member):
       axis = axis if isinstance(axis, tuple) else (axis,)
       sq, rows = _sq(args[0], axis)
       path = "/".join(module.path) + "/kernel"
+      if grams is not None:
+        grams[path] = grams.get(path, 0.0) + _gram(args[0], axis)
       old = seen.get(path)
       seen[path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
     return next_fun(*args, **kwargs)
@@ -45,12 +57,15 @@ def _linen_reference(member):
 @pytest.mark.parametrize("name", ["vit", "lm"])
 def test_linen_kernel_inputs_equal_the_layers_own(name):
   member = zoo.build(name)
-  m = structure.input_moments(member.apply, member.params, *member.inputs)
-  want = _linen_reference(member)
-  assert sorted(m.sq) == sorted(want)
+  m = structure.input_moments(member.apply, member.params, *member.inputs, gram=True)
+  grams = {}
+  want = _linen_reference(member, grams)
+  assert sorted(m.sq) == sorted(want) == sorted(m.gram)
   for path, (sq, rows) in want.items():
     np.testing.assert_allclose(m.sq[path], sq, rtol=1e-5, err_msg=path)
     assert float(m.count[path]) == rows, path
+    np.testing.assert_allclose(m.gram[path], grams[path], rtol=1e-4, atol=1e-4, err_msg=path)
+    np.testing.assert_allclose(np.diag(m.gram[path]), np.ravel(m.sq[path]), rtol=1e-5)
   # The patch embedding is a convolution: named as not captured, never silently skipped.
   assert m.missing == (("embedding/kernel",) if name == "vit" else ())
   jitted = jax.jit(lambda p, *x: structure.input_moments(member.apply, p, *x))(
@@ -71,15 +86,18 @@ def test_a_scanned_stack_gets_one_moment_per_layer():
   depth = looped.config.depth
   params = dict(looped.params, Transformer=_stacked(looped.params["Transformer"], depth))
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, scanned.params)
-  m_loop = structure.input_moments(looped.apply, looped.params, *looped.inputs)
-  m_scan = structure.input_moments(scanned.apply, params, *looped.inputs)
+  m_loop = structure.input_moments(looped.apply, looped.params, *looped.inputs, gram=True)
+  m_scan = structure.input_moments(scanned.apply, params, *looped.inputs, gram=True)
   for path in m_scan.sq:
     if "encoderblock/" not in path:
       np.testing.assert_allclose(m_scan.sq[path], m_loop.sq[path], rtol=1e-5)
+      np.testing.assert_allclose(m_scan.gram[path], m_loop.gram[path], rtol=1e-5, atol=1e-5)
       continue
-    per_layer = [m_loop.sq[path.replace("encoderblock/", f"encoderblock_{i}/")]
-                 for i in range(depth)]
-    np.testing.assert_allclose(m_scan.sq[path], np.stack(per_layer), rtol=1e-5, err_msg=path)
+    names = [path.replace("encoderblock/", f"encoderblock_{i}/") for i in range(depth)]
+    np.testing.assert_allclose(m_scan.sq[path], np.stack([m_loop.sq[n] for n in names]),
+                               rtol=1e-5, err_msg=path)
+    np.testing.assert_allclose(m_scan.gram[path], np.stack([m_loop.gram[n] for n in names]),
+                               rtol=1e-5, atol=1e-5, err_msg=path)
     assert m_scan.axes[path][0] == 0 and np.shape(m_scan.count[path]) == (depth,)
   w = structure.wanda(params, m_scan)
   q = "Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel"
@@ -131,12 +149,14 @@ def _modules(model):
 def test_moments_sum_over_batches_and_jit_equals_eager():
   member = zoo.build("lm")
   (ids,) = member.inputs
-  moments = lambda p, x: structure.input_moments(member.apply, p, x)
+  moments = lambda p, x: structure.input_moments(member.apply, p, x, gram=True)
   whole = moments(member.params, jnp.concatenate([ids, ids[::-1]]))
   halves = [jax.jit(moments)(member.params, x) for x in (ids, ids[::-1])]
   for path in whole.sq:
     np.testing.assert_allclose(halves[0].sq[path] + halves[1].sq[path], whole.sq[path],
                                rtol=1e-5)
+    np.testing.assert_allclose(halves[0].gram[path] + halves[1].gram[path], whole.gram[path],
+                               rtol=1e-5, atol=1e-5)
     assert float(halves[0].count[path] + halves[1].count[path]) == float(whole.count[path])
   eager = moments(member.params, ids)
   for path in eager.sq:

@@ -4,7 +4,9 @@
 every ``dot_general`` that contracts a parameter leaf with an activation (Dense, DenseGeneral,
 Einsum, attention projections, a tied unembedding), accumulates the activation's squared values
 over all its other axes (tokens, batch): ``sq[j] = sum_rows x[row, j]^2`` laid out along the
-kernel's own contraction axes, and ``count``, the rows summed. A kernel a ``scan`` iterates
+kernel's own contraction axes, and ``count``, the rows summed; with ``gram=True`` also the
+Gram matrix ``x^T x`` of the activation flattened over those axes (``(C, C)``, ``C`` their
+product in the leaf's axis order), SparseGPT's Hessian. A kernel a ``scan`` iterates
 (``nn.scan`` stacks) gets one moment per layer. A leaf consumed at several places sums them.
 Convolutions and products inside ``cond`` / ``while`` bodies are not captured: such kernels
 are named in :attr:`Moments.missing`.
@@ -53,11 +55,13 @@ class Moments:
       :attr:`axes` as a dict.
     missing: kernels consumed by a ``dot_general`` or convolution whose inputs were not
       captured (a convolution, a product inside ``cond`` / ``while``, a batched product).
+    gram: ``{path: sum of x^T x}`` ``(C, C)`` (per layer when stacked), when asked for.
   """
   sq: dict[str, jax.Array]
   count: dict[str, jax.Array]
   leaf_axes: tuple[tuple[str, tuple[int, ...]], ...] = struct.field(pytree_node=False)
   missing: tuple[str, ...] = struct.field(pytree_node=False)
+  gram: dict[str, jax.Array] = struct.field(default_factory=dict)
 
   @property
   def axes(self) -> dict[str, tuple[int, ...]]:
@@ -68,8 +72,9 @@ class Moments:
 class _Capturing(compaction.Evaluator):
   """Re-evaluates a traced jaxpr, accumulating the inputs of parameter products."""
 
-  def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]]):
+  def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]], gram: bool):
     super().__init__(t, {})
+    self.gram = gram
     self.sites = {u.site: u for u in t.uses
                   if u.kind == "dot" and u.activation is not None and not u.batch}
     self.shapes = leaf_shapes
@@ -97,9 +102,17 @@ class _Capturing(compaction.Evaluator):
     leaf_axes = [a for axes in use.contraction_dims for a in axes]
     sq = sq.reshape([self.shapes[use.path][a] for a in leaf_axes])
     sq = jnp.transpose(sq, np.argsort(leaf_axes))
-    rows = jnp.float32(math.prod(x.shape[d] for d in others))
-    old = self.stats.get(use.path)
-    self.stats[use.path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
+    n_rows = math.prod(x.shape[d] for d in others)
+    new = {"sq": sq, "rows": jnp.float32(n_rows)}
+    if self.gram:  # the contracted dims in the leaf's axis order, flattened: (rows, C)
+      order = [act_dims[i] for i in np.argsort(leaf_axes)]
+      flat = jnp.transpose(x, others + tuple(order)).reshape(n_rows, -1)
+      new["gram"] = flat.T @ flat
+    self._add(use.path, new)
+
+  def _add(self, path: str, new: dict) -> None:
+    old = self.stats.get(path)
+    self.stats[path] = new if old is None else jax.tree.map(jnp.add, old, new)
 
   def scan(self, ctx, k, p, args):
     nc, nk = p["num_consts"], p["num_carry"]
@@ -114,16 +127,17 @@ class _Capturing(compaction.Evaluator):
     carry, (ys, inner) = lax.scan(body, tuple(init), tuple(xs), length=p["length"],
                                   reverse=p["reverse"], unroll=p["unroll"])
     stacked = {u.path for u in self.t.uses if u.layer}
-    for path, (sq, rows) in inner.items():
+    for path, new in inner.items():
       if path not in stacked:  # a leaf the scan closes over: every iteration adds up
-        sq, rows = sq.sum(0), rows.sum(0)
-      old = self.stats.get(path)
-      self.stats[path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
+        new = jax.tree.map(lambda v: v.sum(0), new)
+      self._add(path, new)
     return list(carry) + list(ys)
 
 
-def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) -> Moments:
-  """The squared-input sums of every kernel of ``fn(params, *inputs)`` on these inputs.
+def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any,
+                  gram: bool = False) -> Moments:
+  """The squared-input sums (and with ``gram`` the Gram matrices) of every kernel of
+  ``fn(params, *inputs)`` on these inputs.
 
   Works under ``jit`` (the function is traced once per input shape); sum the moments of
   several calibration batches (they are sums), and ``lax.psum`` them over a data-parallel axis.
@@ -132,13 +146,14 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
     fn: the model, ``fn(params, *inputs)`` (a Linen ``apply``, an NNX call, plain JAX).
     params: its params.
     *inputs: one calibration batch.
+    gram: also sum ``x^T x`` over the kernel's flattened contraction axes.
 
   Returns:
     The :class:`Moments`.
   """
   t = tracing.trace(fn, tracing.abstract(params), *tracing.abstract(inputs))
   leaf_shapes = {path: tuple(np.shape(x)) for path, x in tree_utils.leaves_by_path(params).items()}
-  capturing = _Capturing(t, leaf_shapes)
+  capturing = _Capturing(t, leaf_shapes, gram)
 
   @jax.jit
   def run(flat):  # one compiled program, also when called eagerly
@@ -154,8 +169,9 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
       contraction = tuple(sorted(a for dims in u.contraction_dims for a in dims))
       axes[u.path] = ((layer[u.path],) if u.path in layer else ()) + contraction
   consumed = {u.path for u in t.uses if u.kind in ("dot", "conv") and u.contraction}
-  return Moments({p: v[0] for p, v in stats.items()}, {p: v[1] for p, v in stats.items()},
-                 tuple(sorted(axes.items())), tuple(sorted(consumed - set(stats))))
+  return Moments({p: v["sq"] for p, v in stats.items()}, {p: v["rows"] for p, v in stats.items()},
+                 tuple(sorted(axes.items())), tuple(sorted(consumed - set(stats))),
+                 {p: v["gram"] for p, v in stats.items() if "gram" in v})
 
 
 def wanda(params: tree_utils.Params, moments: Moments) -> tree_utils.Importance:

@@ -1,0 +1,105 @@
+"""One-shot magnitude, Wanda and SparseGPT of any model's kernels from captured statistics:
+against the layer-wise kernel pruner fed by hand-computed inputs, and on every zoo member the
+requested share along each kernel's contraction axes, pruned entries zero, SparseGPT's error
+below magnitude's, and masks that hold through recovery fine-tuning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from impjax import pruning
+from impjax import structure
+from impjax import transforms
+from impjax import tree_utils
+from impjax.models import zoo
+from tests.helpers import zoo_model
+
+
+@pytest.mark.parametrize("method, kwargs", [("magnitude", {"sparsity": 0.5}),
+                                            ("wanda", {"sparsity": 0.5}),
+                                            ("sparsegpt", {"n_of_m": (2, 4)})])
+def test_equals_the_kernel_pruner_on_inputs_computed_by_hand(method, kwargs):
+  rng = np.random.default_rng(0)
+  params = {"w1": jnp.asarray(rng.standard_normal((8, 16)), jnp.float32),
+            "w2": jnp.asarray(rng.standard_normal((16, 4)), jnp.float32)}
+  fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+  x = jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)
+  s = structure.discover(fn, params, x)
+  m = structure.input_moments(fn, params, x, gram=True)
+  new, masks = structure.prune_kernels(params, m, s, method, dense_io=False, blocksize=8,
+                                       **kwargs)
+  for path, inputs in (("w1", x), ("w2", jnp.tanh(x @ params["w1"]))):  # the dense inputs
+    inputs = np.asarray(inputs, np.float64)
+    stats = {"sq": jnp.asarray((inputs ** 2).mean(0), jnp.float32),
+             "gram": jnp.asarray(inputs.T @ inputs / len(inputs), jnp.float32)}
+    want, keep = pruning.prune_kernel(method, params[path], stats, blocksize=8, **kwargs)
+    np.testing.assert_array_equal(masks[path], keep, err_msg=path)
+    np.testing.assert_allclose(new[path], want, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def _contraction_last(w, axes, stacked):
+  """The kernel as ``(..., C)``: every other axis first, its contraction axes flattened last."""
+  contraction = list(axes[1:] if stacked else axes)
+  rest = [a for a in range(w.ndim) if a not in contraction]
+  moved = np.transpose(np.asarray(w), rest + contraction)
+  return moved.reshape(moved.shape[:len(rest)] + (-1,))
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.NAMES if n != "resnet"])
+def test_every_zoo_model_gets_wanda_and_sparsegpt_along_its_contraction_axes(name):
+  member, s = zoo_model(name)
+  params = member.params
+  m = structure.input_moments(member.apply, params, *member.inputs, gram=True)
+  leaves = tree_utils.leaves_by_path(params)
+  wanda, wanda_masks = structure.prune_kernels(params, m, s, "wanda", sparsity=0.5)
+  gpt, gpt_masks = structure.prune_kernels(params, m, s, "sparsegpt", n_of_m=(2, 4))
+  mag, _ = structure.prune_kernels(params, m, s, "magnitude", n_of_m=(2, 4))
+  pruned = [p for p, k in tree_utils.leaves_by_path(wanda_masks).items() if np.ndim(k)]
+  assert pruned, name
+  for path in pruned:
+    k = s.kernels[path]
+    assert not (k.reads_input or k.writes_output or k.kind == "embedding"), path
+    stacked = np.ndim(m.count[path]) > 0
+    keep = _contraction_last(tree_utils.leaves_by_path(wanda_masks)[path], m.axes[path], stacked)
+    c = keep.shape[-1]
+    assert (keep.sum(-1) == c - round(0.5 * c)).all(), path  # Wanda: per output
+    assert (np.asarray(tree_utils.leaves_by_path(wanda)[path])[
+        ~np.asarray(tree_utils.leaves_by_path(wanda_masks)[path])] == 0).all(), path
+  for path, keep in tree_utils.leaves_by_path(gpt_masks).items():
+    if not np.ndim(keep):
+      continue
+    stacked = np.ndim(m.count[path]) > 0
+    groups_of_4 = _contraction_last(keep, m.axes[path], stacked).reshape(-1, 4)
+    assert (groups_of_4.sum(-1) == 2).all(), path
+    # SparseGPT's claim: a lower reconstruction error on the calibration inputs than magnitude.
+    def error(new):
+      d = _contraction_last(leaves[path], m.axes[path], stacked) - _contraction_last(
+          tree_utils.leaves_by_path(new)[path], m.axes[path], stacked)
+      d = d.reshape((m.count[path].shape[0] if stacked else 1, -1, d.shape[-1]))
+      g = np.asarray(m.gram[path]).reshape((d.shape[0],) + m.gram[path].shape[-2:])
+      return float(np.einsum("loc,lcd,lod->", d, g, d))
+    assert error(gpt) < error(mag), path
+
+
+def test_masks_hold_through_recovery_fine_tuning_and_resnet_is_refused():
+  member, s = zoo_model("lm")
+  params = member.params
+  m = structure.input_moments(member.apply, params, *member.inputs, gram=True)
+  new, masks = structure.prune_kernels(params, m, s, "sparsegpt", sparsity=0.5)
+  tx = transforms.hold_masks(optax.adam(1e-2), masks)
+  loss = lambda p: jnp.mean(jnp.square(member.apply(p, *member.inputs)))
+  state, p = tx.init(new), new
+  for _ in range(3):
+    updates, state = tx.update(jax.grad(loss)(p), state, p)
+    p = optax.apply_updates(p, updates)
+  for path, keep in tree_utils.leaves_by_path(masks).items():
+    w = np.asarray(tree_utils.leaves_by_path(p)[path])
+    kept = np.broadcast_to(np.asarray(keep), w.shape)
+    assert (w[~kept] == 0).all(), path
+  assert float(loss(p)) < float(loss(new))
+  resnet, rs = zoo_model("resnet")
+  rm = structure.input_moments(resnet.apply, resnet.params, *resnet.inputs)
+  with pytest.raises(ValueError, match="No kernel to prune.*not captured"):
+    structure.prune_kernels(resnet.params, rm, rs, "wanda", sparsity=0.5)
