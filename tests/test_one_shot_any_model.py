@@ -3,6 +3,7 @@ against the layer-wise kernel pruner fed by hand-computed inputs, and on every z
 requested share along each kernel's contraction axes, pruned entries zero, SparseGPT's error
 below magnitude's, and masks that hold through recovery fine-tuning."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +104,79 @@ def test_masks_hold_through_recovery_fine_tuning_and_resnet_is_refused():
   rm = structure.input_moments(resnet.apply, resnet.params, *resnet.inputs)
   with pytest.raises(ValueError, match="No kernel to prune.*not captured"):
     structure.prune_kernels(resnet.params, rm, rs, "wanda", sparsity=0.5)
+
+
+# ------------------------------------------------------------------------ layer-sequential
+def test_each_block_is_calibrated_on_the_blocks_already_pruned():
+  rng = np.random.default_rng(1)
+  params = {"layers": {str(i): {"kernel": jnp.asarray(rng.standard_normal((8, 8)), jnp.float32)}
+                       for i in range(3)}}
+  fn = lambda p, x: jnp.tanh(jnp.tanh(jnp.tanh(x @ p["layers"]["0"]["kernel"])
+                                      @ p["layers"]["1"]["kernel"]) @ p["layers"]["2"]["kernel"])
+  x = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32)
+  s = structure.discover(fn, params, x)
+  new, masks = structure.prune_sequential(fn, params, s, [(x,)], "sparsegpt", sparsity=0.5,
+                                          dense_io=False, blocksize=8, progress=False)
+  h, want = np.asarray(x, np.float64), {}
+  for i in range(3):  # by hand: each kernel pruned on the inputs of the pruned model so far
+    stats = {"gram": jnp.asarray(h.T @ h / len(h), jnp.float32)}
+    kernel, keep = pruning.prune_kernel("sparsegpt", params["layers"][str(i)]["kernel"], stats,
+                                        sparsity=0.5, blocksize=8)
+    want[str(i)] = (kernel, keep)
+    h = np.tanh(h @ np.asarray(kernel, np.float64))
+  for i, (kernel, keep) in want.items():
+    np.testing.assert_array_equal(masks["layers"][i]["kernel"], keep, err_msg=i)
+    np.testing.assert_allclose(new["layers"][i]["kernel"], kernel, rtol=1e-4, atol=1e-5)
+  one_pass, _ = structure.prune_kernels(params, structure.input_moments(fn, params, x, gram=True),
+                                        s, "sparsegpt", sparsity=0.5, dense_io=False, blocksize=8)
+  assert not np.allclose(one_pass["layers"]["2"]["kernel"], new["layers"]["2"]["kernel"])
+
+
+@pytest.mark.parametrize("method, kwargs", [("wanda", {"sparsity": 0.5}),
+                                            ("sparsegpt", {"n_of_m": (2, 4)})])
+def test_on_minilm_it_gives_the_layerwise_pruners_masks_and_weights(method, kwargs):
+  member, s = zoo_model("minilm")
+  ids, mask = member.inputs
+  mask = np.asarray(mask).copy()
+  mask[0, -2:] = 0  # padding: the token masks weight the statistics
+  batches = [(ids, jnp.asarray(mask)), (ids[::-1], jnp.asarray(mask[::-1]))]
+  new, masks = structure.prune_sequential(member.apply, member.params, s, batches, method,
+                                          token_masks=[m for _, m in batches], blocksize=8,
+                                          progress=False, **kwargs)
+  model, want = pruning.prune_layerwise(member.model, [{"ids": i, "mask": m} for i, m in batches],
+                                        method, blocksize=8, progress=False, **kwargs)
+  got = tree_utils.leaves_by_path(masks)
+  weights = tree_utils.leaves_by_path(new)
+  reference = tree_utils.leaves_by_path(nnx.to_pure_dict(nnx.split(model)[1]))
+  assert sorted(p for p, m in got.items() if np.ndim(m)) == sorted(want)
+  for path, keep in want.items():
+    np.testing.assert_array_equal(got[path], keep, err_msg=path)
+    np.testing.assert_allclose(weights[path], reference[path], rtol=1e-4, atol=1e-5,
+                               err_msg=path)
+
+
+def test_a_scanned_stack_is_pruned_layer_by_layer_like_its_looped_twin():
+  looped, s_loop = zoo_model("vit")
+  scanned, s_scan = zoo_model("vit_scan")
+  depth = looped.config.depth
+  blocks = [looped.params["Transformer"][f"encoderblock_{i}"] for i in range(depth)]
+  tr = {k: v for k, v in looped.params["Transformer"].items() if not k.startswith("encoderblock_")}
+  params = dict(looped.params, Transformer=dict(
+      tr, encoderblock=jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)))
+  batches = [looped.inputs]
+  a, masks_loop = structure.prune_sequential(looped.apply, looped.params, s_loop, batches,
+                                             "sparsegpt", sparsity=0.5, progress=False)
+  b, masks_scan = structure.prune_sequential(scanned.apply, params, s_scan, batches,
+                                             "sparsegpt", sparsity=0.5, progress=False)
+  stacked = 0
+  for path, keep in tree_utils.leaves_by_path(masks_scan).items():
+    if "encoderblock/" not in path or not np.ndim(keep):
+      continue
+    stacked += 1
+    for i in range(depth):
+      twin = path.replace("encoderblock/", f"encoderblock_{i}/")
+      np.testing.assert_array_equal(np.asarray(keep)[i],
+                                    tree_utils.leaves_by_path(masks_loop)[twin], err_msg=twin)
+      np.testing.assert_allclose(np.asarray(tree_utils.leaves_by_path(b)[path])[i],
+                                 tree_utils.leaves_by_path(a)[twin], rtol=1e-4, atol=1e-5)
+  assert stacked == 6  # q, k, v, out and the MLP's two kernels

@@ -10,8 +10,9 @@
 - ``capture``: the inputs' squared sums of every kernel, read by re-running the computation
   (:func:`input_moments`), and Wanda's importance from them.
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
-- ``one_shot``: :func:`prune_kernels`, one-shot magnitude, Wanda and SparseGPT (unstructured
-  or N:M) of every captured kernel, whatever its form.
+- ``one_shot``: :func:`prune_sequential` (block after block) and :func:`prune_kernels` (one
+  pass), one-shot magnitude, Wanda and SparseGPT (unstructured or N:M) of every captured
+  kernel, whatever its form.
 - ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
   per-example gates on the kernels that read them.
 
@@ -35,6 +36,7 @@ from impjax.structure.discovery import KernelAxes
 from impjax.structure.discovery import Structure
 from impjax.structure.discovery import discover
 from impjax.structure.one_shot import prune_kernels
+from impjax.structure.one_shot import prune_sequential
 from impjax.structure.ordering import at_width
 from impjax.structure.ordering import keep_at_width
 from impjax.structure.ordering import unit_ranks
@@ -45,5 +47,5 @@ from impjax.structure.tracing import trace
 from impjax.structure.unit_taylor import entropy_taylor_scores
 
 __all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "channel_axes", "compact_model",
-           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "prune_kernels", "rules",
+           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "prune_kernels", "prune_sequential", "rules",
            "schemes", "trace", "unit_ranks", "wanda", "width_masks"]

@@ -75,6 +75,7 @@ class _Capturing(compaction.Evaluator):
   def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]], gram: bool):
     super().__init__(t, {})
     self.gram = gram
+    self.token_mask = None  # set per run: (batch, tokens) weights of the rows, or None
     self.sites = {u.site: u for u in t.uses
                   if u.kind == "dot" and u.activation is not None and not u.batch}
     self.shapes = leaf_shapes
@@ -97,17 +98,26 @@ class _Capturing(compaction.Evaluator):
     position, act_dims = use.activation
     x = jnp.asarray(args[position], jnp.float32)
     others = tuple(d for d in range(x.ndim) if d not in act_dims)
-    sq = jnp.sum(jnp.square(x), axis=others)  # the contracting dims, in ascending order
-    sq = jnp.transpose(sq, [sorted(act_dims).index(d) for d in act_dims])
+    row_shape = [x.shape[d] for d in others]
+    if self.token_mask is None:
+      weight = jnp.ones(row_shape, jnp.float32)
+    elif self.token_mask.size == math.prod(row_shape):
+      weight = self.token_mask.reshape(row_shape)
+    else:
+      raise ValueError(f"token_mask of shape {self.token_mask.shape} does not cover the "
+                       f"{row_shape} rows of the inputs of '{use.path}'.")
+    wx = x * jnp.expand_dims(weight, [d for d in range(x.ndim) if d in act_dims]) if (
+        self.token_mask is not None) else x
+    sq = jnp.sum(wx * x, axis=others)  # the contracting dims, in ascending order
     leaf_axes = [a for axes in use.contraction_dims for a in axes]
+    sq = jnp.transpose(sq, [sorted(act_dims).index(d) for d in act_dims])
     sq = sq.reshape([self.shapes[use.path][a] for a in leaf_axes])
     sq = jnp.transpose(sq, np.argsort(leaf_axes))
-    n_rows = math.prod(x.shape[d] for d in others)
-    new = {"sq": sq, "rows": jnp.float32(n_rows)}
+    new = {"sq": sq, "rows": jnp.sum(weight)}
     if self.gram:  # the contracted dims in the leaf's axis order, flattened: (rows, C)
-      order = [act_dims[i] for i in np.argsort(leaf_axes)]
-      flat = jnp.transpose(x, others + tuple(order)).reshape(n_rows, -1)
-      new["gram"] = flat.T @ flat
+      order = tuple(act_dims[i] for i in np.argsort(leaf_axes))
+      flatten = lambda v: jnp.transpose(v, others + order).reshape(math.prod(row_shape), -1)
+      new["gram"] = flatten(wx).T @ flatten(x)
     self._add(use.path, new)
 
   def _add(self, path: str, new: dict) -> None:
@@ -135,7 +145,7 @@ class _Capturing(compaction.Evaluator):
 
 
 def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any,
-                  gram: bool = False) -> Moments:
+                  gram: bool = False, token_mask: Any = None) -> Moments:
   """The squared-input sums (and with ``gram`` the Gram matrices) of every kernel of
   ``fn(params, *inputs)`` on these inputs.
 
@@ -147,6 +157,10 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
     params: its params.
     *inputs: one calibration batch.
     gram: also sum ``x^T x`` over the kernel's flattened contraction axes.
+    token_mask: weights of the rows (e.g. an attention mask ``(batch, tokens)``, nonzero for
+      real tokens): every kernel's input rows are weighted by it, and ``count`` sums it; its
+      axes must lead each input's row axes, in order (``ValueError`` naming the kernel where
+      its size does not match).
 
   Returns:
     The :class:`Moments`.
@@ -156,12 +170,13 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   capturing = _Capturing(t, leaf_shapes, gram)
 
   @jax.jit
-  def run(flat):  # one compiled program, also when called eagerly
+  def run(flat, token_mask):  # one compiled program, also when called eagerly
     capturing.stats = {}
+    capturing.token_mask = None if token_mask is None else jnp.asarray(token_mask, jnp.float32)
     capturing.run(t.jaxpr.jaxpr, (), flat, t.jaxpr.consts)
     return capturing.stats
 
-  stats = run(jax.tree.leaves(params) + jax.tree.leaves(inputs))
+  stats = run(jax.tree.leaves(params) + jax.tree.leaves(inputs), token_mask)
   layer = {u.path: u.layer[0] for u in t.uses if u.layer}
   axes = {}
   for u in t.uses:

@@ -1,14 +1,15 @@
 """One-shot pruning of any model's kernels from calibration statistics of its computation.
 
-:func:`prune_kernels` prunes every kernel whose inputs :func:`impjax.structure.input_moments`
+:func:`prune_sequential` prunes block after block, each calibrated on the model whose earlier
+blocks are pruned (as Wanda and SparseGPT do); :func:`prune_kernels` prunes every kernel whose inputs :func:`impjax.structure.input_moments`
 captured, by magnitude, Wanda or SparseGPT (unstructured or N:M, SparseGPT with its
 Optimal-Brain-Surgeon weight updates), whatever its form: a Dense ``(in, out)``, a DenseGeneral
 or Einsum kernel with several contraction or output axes, a scanned ``(layers, ...)`` stack
 (each layer with its own statistics). The kernel is viewed as ``(C, O)`` — its contraction axes
 flattened in the leaf's order, then the rest — pruned by :func:`impjax.pruning.prune_kernel`
 exactly as the layer-wise path prunes a Linear kernel, and put back in its own layout. N:M
-groups run along the last contraction axis. All kernels are calibrated on the dense model's
-activations (one pass; not layer after layer). The layers that read the model's input or
+groups run along the last contraction axis; :func:`prune_kernels` calibrates every kernel on
+the dense model's activations in one pass. The layers that read the model's input or
 write its output, and embeddings, stay dense unless asked.
 
 Reference: Sun et al. 2024 (Wanda); Frantar & Alistarh 2023 (SparseGPT).
@@ -32,27 +33,54 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from impjax import tree_utils
 from impjax.pruning import layerwise
 from impjax.structure.capture import Moments
+from impjax.structure.capture import input_moments
 from impjax.structure.discovery import Structure
 
 
-def _planned(s: Structure, moments: Moments, dense_io: bool) -> list[str]:
+def _planned(s: Structure, moments: Moments, dense_io: bool, params: tree_utils.Params,
+             n_of_m: tuple[int, int] | None) -> list[str]:
   """The captured kernels that are pruned: not embeddings, not (with ``dense_io``) a layer
-  reading the model's input or writing its output."""
+  reading the model's input or writing its output, and for N:M only those whose last
+  contraction axis ``m`` divides. ``ValueError`` when none is left."""
+  leaves = tree_utils.leaves_by_path(params)
   out = []
   for path in sorted(moments.sq):
     k = s.kernels.get(path)
     if k is None or k.kind == "embedding" or (dense_io and (k.reads_input or k.writes_output)):
       continue
+    if n_of_m is not None and np.shape(leaves[path])[moments.axes[path][-1]] % n_of_m[1]:
+      continue
     out.append(path)
+  if not out:
+    raise ValueError(f"No kernel to prune: captured {sorted(moments.sq)}, not captured "
+                     f"{list(moments.missing)} (convolutions and products inside cond / while "
+                     "are not captured).")
+  if moments.missing:
+    logging.warning("Kernels whose inputs were not captured stay dense: %s",
+                    list(moments.missing))
   return out
+
+
+def _stats(moments: Moments, path: str, method: str) -> dict[str, jax.Array]:
+  """The kernel's mean input statistics, ``([L,] C)`` and ``([L,] C, C)``."""
+  count = moments.count[path]
+  lead = tuple(np.shape(count))
+  scale = jnp.maximum(count, 1.0).reshape(lead + (1,))
+  stats = {"sq": moments.sq[path].reshape(lead + (-1,)) / scale}
+  if method == "sparsegpt":
+    stats["gram"] = moments.gram[path] / scale[..., None]
+  return stats
 
 
 def _prune_leaf(w, axes, stats, stacked, method, sparsity, n_of_m, blocksize, damp):
@@ -106,29 +134,103 @@ def prune_kernels(params: tree_utils.Params, moments: Moments, s: Structure, met
     raise ValueError("sparsegpt needs the inputs' Gram matrices: capture the moments with "
                      "input_moments(..., gram=True).")
   leaves = tree_utils.leaves_by_path(params)
-  paths = _planned(s, moments, dense_io)
-  if n_of_m is not None:
-    m = n_of_m[1]
-    paths = [p for p in paths if np.shape(leaves[p])[moments.axes[p][-1]] % m == 0]
-  if not paths:
-    raise ValueError(f"No kernel to prune: captured {sorted(moments.sq)}, not captured "
-                     f"{list(moments.missing)} (convolutions and products inside cond / while "
-                     "are not captured).")
-  if moments.missing:
-    logging.warning("prune_kernels: kernels whose inputs were not captured stay dense: %s",
-                    list(moments.missing))
   new, masks = {}, {}
-  for path in paths:
-    count = moments.count[path]
-    stacked = count.ndim > 0
-    lead = (count.shape[0],) if stacked else ()
-    scale = jnp.maximum(count, 1.0).reshape(lead + (1,))
-    stats = {"sq": moments.sq[path].reshape(lead + (-1,)) / scale}
-    if method == "sparsegpt":
-      stats["gram"] = moments.gram[path] / scale[..., None]
-    new[path], masks[path] = _prune_leaf(leaves[path], moments.axes[path], stats, stacked,
-                                         method, sparsity, n_of_m, blocksize, damp)
+  for path in _planned(s, moments, dense_io, params, n_of_m):
+    stacked = np.ndim(moments.count[path]) > 0
+    new[path], masks[path] = _prune_leaf(leaves[path], moments.axes[path],
+                                         _stats(moments, path, method), stacked, method,
+                                         sparsity, n_of_m, blocksize, damp)
   pruned = tree_utils.map_with_path(lambda p, w: new[p].astype(w.dtype) if p in new else w,
                                     params)
   keep = tree_utils.map_with_path(lambda p, w: masks.get(p, jnp.ones((), jnp.bool_)), params)
   return pruned, keep
+
+
+def _block(path: str) -> str:
+  """A kernel's block: its path up to the first component with a digit (``layers/3``,
+  ``blocks/0``, ``Transformer/encoderblock_1``), else the kernel itself."""
+  found = re.match(r"^((?:[^/]*/)*?[^/]*\d[^/]*)(?:/|$)", path)
+  return found.group(1) if found else path
+
+
+def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Structure,
+                     batches: Iterable[tuple], method: str, *,
+                     token_masks: Iterable[Any] | None = None, sparsity: float = 0.0,
+                     n_of_m: tuple[int, int] | None = None, blocksize: int = 128,
+                     damp: float = 0.01, dense_io: bool = True, progress: bool = True
+                     ) -> tuple[tree_utils.Params, tree_utils.Masks]:
+  """Layer-sequential one-shot pruning of any model, as Wanda and SparseGPT prune: block after
+  block in the order the computation uses them, each block's kernels pruned (as
+  :func:`prune_kernels` does) from statistics of the model whose earlier blocks are already
+  pruned. A block is a kernel's path up to its first numbered component (``layers/3``,
+  ``blocks/0``, ``encoderblock_1``); every layer of a scanned stack is a block of its own.
+
+  Args:
+    fn: the model, ``fn(params, *inputs)``.
+    params: its params.
+    s: its :class:`~impjax.structure.Structure`.
+    batches: calibration batches, each a tuple of ``fn``'s inputs (kept in memory).
+    method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+    token_masks: per batch, the rows' weights for :func:`impjax.structure.input_moments`
+      (e.g. the attention mask), or ``None``.
+    sparsity, n_of_m, blocksize, damp, dense_io: as for :func:`prune_kernels`.
+    progress: a progress bar over the blocks.
+
+  Returns:
+    ``(pruned params, keep masks)`` like :func:`prune_kernels`. It re-runs the model over the
+    calibration batches once per block.
+  """
+  batches = [tuple(b) for b in batches]
+  token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
+  if len(token_masks) != len(batches):
+    raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
+  if not batches:
+    raise ValueError("prune_sequential got no batches.")
+  gram = method == "sparsegpt"
+
+  def capture(p):
+    total = None
+    for batch, mask in zip(batches, token_masks):
+      m = input_moments(fn, p, *batch, gram=gram, token_mask=mask)
+      total = m if total is None else jax.tree.map(jnp.add, total, m)
+    return total
+
+  moments = capture(params)
+  paths = _planned(s, moments, dense_io, params, n_of_m)
+  units: dict[Any, list[tuple[str, int | None]]] = {}
+  for path in moments.sq:  # the order the computation uses them
+    if path not in paths:
+      continue
+    layers = np.shape(moments.count[path])
+    if layers:
+      for layer in range(layers[0]):
+        units.setdefault(("stack", layer), []).append((path, layer))
+    else:
+      units.setdefault(_block(path), []).append((path, None))
+  current = params
+  masks: dict[str, jax.Array] = {}
+  for i, members in enumerate(tqdm(list(units.values()), desc="blocks", disable=not progress)):
+    if i and method != "magnitude":
+      moments = capture(current)
+    leaves = tree_utils.leaves_by_path(current)
+    updated = {}
+    for path, layer in members:
+      stats = _stats(moments, path, method)
+      w = updated.get(path, leaves[path])
+      if layer is None:
+        new, keep = _prune_leaf(w, moments.axes[path], stats, False, method, sparsity, n_of_m,
+                                blocksize, damp)
+      else:  # one layer of a stacked kernel, with that layer's statistics
+        axes = [a - (a > moments.axes[path][0]) for a in moments.axes[path][1:]]
+        stacked_axis = moments.axes[path][0]
+        new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes,
+                                    jax.tree.map(lambda v: v[layer], stats), False, method,
+                                    sparsity, n_of_m, blocksize, damp)
+        index = (slice(None),) * stacked_axis + (layer,)
+        new = w.at[index].set(new_l.astype(w.dtype))
+        keep = masks.get(path, jnp.ones(np.shape(w), jnp.bool_)).at[index].set(keep_l)
+      updated[path], masks[path] = new, keep
+    current = tree_utils.map_with_path(
+        lambda p, w: updated[p].astype(w.dtype) if p in updated else w, current)
+  keep = tree_utils.map_with_path(lambda p, w: masks.get(p, jnp.ones((), jnp.bool_)), current)
+  return current, keep
