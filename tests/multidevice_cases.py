@@ -185,3 +185,26 @@ def test_jit_named_sharding_masked_training_equals_single_device(mesh):
   assert params["a"]["kernel"].sharding.spec == P("d")
   chex.assert_trees_all_equal(state.masks, expected_state.masks)
   chex.assert_trees_all_close(params, expected_params, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_input_statistics_split_over_devices_equal_one_device(mesh):
+  member = ij.models.zoo.build("lm")
+  (ids,) = member.inputs
+  ids = jnp.tile(ids, (N_DEV // ids.shape[0] + 1, 1))[:N_DEV]
+  token_mask = (jnp.arange(ids.shape[1]) < ids.shape[1] - 1)[None, :] * jnp.ones((N_DEV, 1))
+  moments = lambda p, x, m: ij.structure.input_moments(member.apply, p, x, gram=True,
+                                                       token_mask=m)
+  whole = moments(member.params, ids, token_mask)
+  summed = lambda p, x, m: jax.lax.psum(moments(p, x, m), "d")
+  by_shard_map = jax.jit(jax.shard_map(summed, mesh=mesh, in_specs=(P(), P("d"), P("d")),
+                                       out_specs=P(), check_vma=False))(
+      member.params, ids, token_mask)
+  by_pmap = jax.pmap(summed, axis_name="d", in_axes=(None, 0, 0))(
+      member.params, ids[:, None], token_mask[:, None])
+  by_pmap = jax.tree.map(lambda x: x[0], by_pmap)
+  assert whole.gram
+  for split in (by_shard_map, by_pmap):
+    assert sorted(split.gram) == sorted(whole.gram)
+    chex.assert_trees_all_close(split.sq, whole.sq, rtol=1e-5)
+    chex.assert_trees_all_close(split.gram, whole.gram, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(split.count, whole.count)

@@ -180,3 +180,21 @@ def test_a_scanned_stack_is_pruned_layer_by_layer_like_its_looped_twin():
       np.testing.assert_allclose(np.asarray(tree_utils.leaves_by_path(b)[path])[i],
                                  tree_utils.leaves_by_path(a)[twin], rtol=1e-4, atol=1e-5)
   assert stacked == 6  # q, k, v, out and the MLP's two kernels
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.NAMES if n != "resnet"])
+def test_sequential_two_four_on_every_zoo_model(name):
+  member, s = zoo_model(name)
+  new, masks = structure.prune_sequential(member.apply, member.params, s, [member.inputs],
+                                          "wanda", n_of_m=(2, 4), progress=False)
+  m = structure.input_moments(member.apply, member.params, *member.inputs)
+  pruned = 0
+  for path, keep in tree_utils.leaves_by_path(masks).items():
+    if not np.ndim(keep):
+      continue
+    pruned += 1
+    stacked = np.ndim(m.count[path]) > 0
+    assert (_contraction_last(keep, m.axes[path], stacked).reshape(-1, 4).sum(-1) == 2).all()
+    w = np.asarray(tree_utils.leaves_by_path(new)[path])
+    assert (w[~np.asarray(keep)] == 0).all(), path
+  assert pruned >= 2, name

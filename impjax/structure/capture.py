@@ -150,7 +150,9 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   ``fn(params, *inputs)`` on these inputs.
 
   Works under ``jit`` (the function is traced once per input shape); sum the moments of
-  several calibration batches (they are sums), and ``lax.psum`` them over a data-parallel axis.
+  several calibration batches (they are sums), and ``lax.psum`` them over a data-parallel axis
+  (under ``pmap``, or ``shard_map(..., check_vma=False)``: the re-evaluated computation mixes
+  the trace's replicated constants with the sharded batch).
 
   Args:
     fn: the model, ``fn(params, *inputs)`` (a Linen ``apply``, an NNX call, plain JAX).
