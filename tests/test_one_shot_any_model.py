@@ -198,3 +198,39 @@ def test_sequential_two_four_on_every_zoo_model(name):
     w = np.asarray(tree_utils.leaves_by_path(new)[path])
     assert (w[~np.asarray(keep)] == 0).all(), path
   assert pruned >= 2, name
+
+
+def test_owl_sparsities_by_hand_and_pruned_at_them():
+  rng = np.random.default_rng(2)
+  params = {"layers": {str(i): {"kernel": jnp.asarray(rng.standard_normal((16, 16)), jnp.float32)}
+                       for i in range(3)}}
+  params["layers"]["1"]["kernel"] = params["layers"]["1"]["kernel"].at[:3, :3].mul(40.0)
+  fn = lambda p, x: jnp.tanh(jnp.tanh(x @ p["layers"]["0"]["kernel"])
+                             @ p["layers"]["1"]["kernel"]) @ p["layers"]["2"]["kernel"]
+  x = jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)
+  s = structure.discover(fn, params, x)
+  m = structure.input_moments(fn, params, x)
+  got = structure.owl_sparsities(params, m, s, 0.7, lam=0.1, dense_io=False)
+  # By hand: Wanda scores of each block's kernel, their share above 5x the block's mean.
+  h, ratios = np.asarray(x, np.float64), []
+  for i in range(3):
+    w = np.asarray(params["layers"][str(i)]["kernel"], np.float64)
+    score = np.abs(w) * np.sqrt((h ** 2).mean(0))[:, None]
+    ratios.append(np.mean(score > 5 * score.mean()))
+    h = np.tanh(h @ w) if i < 2 else h
+  ratios = np.asarray(ratios)
+  density = (ratios - ratios.min()) / (ratios.max() - ratios.min()) * 0.2
+  density = density - density.mean() + 0.3
+  want = {f"layers/{i}": 1 - d for i, d in enumerate(density)}
+  assert got.keys() == want.keys()
+  for k in want:
+    assert got[k] == pytest.approx(want[k], abs=1e-6), k
+  assert np.mean(list(got.values())) == pytest.approx(0.7) and got["layers/1"] < 0.7
+  _, masks = structure.prune_sequential(fn, params, s, [(x,)], "wanda", sparsity=got,
+                                        dense_io=False, progress=False)
+  for i in range(3):
+    keep = np.asarray(masks["layers"][str(i)]["kernel"])
+    assert (keep.sum(0) == 16 - round(got[f"layers/{i}"] * 16)).all()
+  with pytest.raises(ValueError, match="miss \\['layers/2'\\]"):
+    structure.prune_sequential(fn, params, s, [(x,)], "wanda", dense_io=False, progress=False,
+                               sparsity={k: v for k, v in got.items() if k != "layers/2"})

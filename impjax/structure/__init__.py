@@ -12,7 +12,7 @@
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
 - ``one_shot``: :func:`prune_sequential` (block after block) and :func:`prune_kernels` (one
   pass), one-shot magnitude, Wanda and SparseGPT (unstructured or N:M) of every captured
-  kernel, whatever its form.
+  kernel, whatever its form, at one sparsity or OWL's per-block ones (:func:`owl_sparsities`).
 - ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
   per-example gates on the kernels that read them.
 
@@ -35,6 +35,8 @@ from impjax.structure.discovery import Group
 from impjax.structure.discovery import KernelAxes
 from impjax.structure.discovery import Structure
 from impjax.structure.discovery import discover
+from impjax.structure.one_shot import blocks
+from impjax.structure.one_shot import owl_sparsities
 from impjax.structure.one_shot import prune_kernels
 from impjax.structure.one_shot import prune_sequential
 from impjax.structure.ordering import at_width
@@ -46,6 +48,6 @@ from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
 from impjax.structure.unit_taylor import entropy_taylor_scores
 
-__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "channel_axes", "compact_model",
-           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "prune_kernels", "prune_sequential", "rules",
+__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "blocks", "channel_axes", "compact_model",
+           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels", "prune_sequential", "rules",
            "schemes", "trace", "unit_ranks", "wanda", "width_masks"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from impjax import tree_utils
 from impjax.pruning import layerwise
+from impjax.structure import capture as capture_lib
 from impjax.structure.capture import Moments
 from impjax.structure.capture import input_moments
 from impjax.structure.discovery import Structure
@@ -153,9 +154,68 @@ def _block(path: str) -> str:
   return found.group(1) if found else path
 
 
+def blocks(moments: Moments, paths: Iterable[str]) -> dict[str, list[tuple[str, int | None]]]:
+  """``{block name: [(kernel path, layer or None)]}`` in the order the computation uses the
+  kernels: a kernel's path up to its first numbered component (``layers/3``), and for the
+  layers of scanned stacks ``"stack[i]"`` (layer ``i`` of every stacked kernel)."""
+  paths = set(paths)
+  units: dict[str, list[tuple[str, int | None]]] = {}
+  for path in moments.sq:
+    if path not in paths:
+      continue
+    layers = np.shape(moments.count[path])
+    if layers:
+      for layer in range(layers[0]):
+        units.setdefault(f"stack[{layer}]", []).append((path, layer))
+    else:
+      units.setdefault(_block(path), []).append((path, None))
+  return units
+
+
+def owl_sparsities(params: tree_utils.Params, moments: Moments, s: Structure, sparsity: float,
+                   *, lam: float = 0.08, outlier: float = 5.0, dense_io: bool = True
+                   ) -> dict[str, float]:
+  """OWL's per-block sparsities: a block's density rises with its share of outlier Wanda
+  scores (``|W| * ||x||`` above ``outlier`` times the block's mean score), the densities
+  spread linearly over ``[-lam, lam]`` around ``1 - sparsity`` and shifted so their mean
+  is ``1 - sparsity``. For :func:`prune_sequential` ``sparsity=``.
+
+  Reference: Yin et al. 2024, "Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret
+  Sauce for Pruning LLMs to High Sparsity" (lambda 0.08, M = 5 in its Wanda runs).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from impjax import structure
+    >>> params = {"layers": {"0": {"w": jnp.ones((4, 4))}, "1": {"w": jnp.ones((4, 4))}}}
+    >>> params["layers"]["1"]["w"] = params["layers"]["1"]["w"].at[0, 0].set(100.0)
+    >>> fn = lambda p, x: x @ p["layers"]["0"]["w"] @ p["layers"]["1"]["w"]
+    >>> x = jnp.ones((2, 4))
+    >>> s = structure.discover(fn, params, x)
+    >>> m = structure.input_moments(fn, params, x)
+    >>> owl = structure.owl_sparsities(params, m, s, 0.5, dense_io=False)
+    >>> {k: round(v, 2) for k, v in owl.items()}  # the block with an outlier keeps more
+    {'layers/0': 0.58, 'layers/1': 0.42}
+  """
+  tree_utils.check_fraction(sparsity, what="sparsity")
+  units = blocks(moments, _planned(s, moments, dense_io, params, None))
+  importance = tree_utils.leaves_by_path(capture_lib.wanda(params, moments))
+  ratios = []
+  for members in units.values():
+    scores = [jnp.take(importance[p], layer, moments.axes[p][0]) if layer is not None
+              else importance[p] for p, layer in members]
+    flat = jnp.concatenate([jnp.ravel(x) for x in scores])
+    ratios.append(float(jnp.mean(flat > outlier * jnp.mean(flat))))
+  ratios = np.asarray(ratios)
+  spread = ratios.max() - ratios.min()
+  density = (ratios - ratios.min()) / spread * 2 * lam if spread > 0 else np.zeros_like(ratios)
+  density = density - density.mean() + (1.0 - sparsity)
+  return {name: float(np.clip(1.0 - d, 0.0, 1.0)) for name, d in zip(units, density)}
+
+
 def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Structure,
                      batches: Iterable[tuple], method: str, *,
-                     token_masks: Iterable[Any] | None = None, sparsity: float = 0.0,
+                     token_masks: Iterable[Any] | None = None,
+                     sparsity: float | Mapping[str, float] = 0.0,
                      n_of_m: tuple[int, int] | None = None, blocksize: int = 128,
                      damp: float = 0.01, dense_io: bool = True, progress: bool = True
                      ) -> tuple[tree_utils.Params, tree_utils.Masks]:
@@ -173,7 +233,9 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
     token_masks: per batch, the rows' weights for :func:`impjax.structure.input_moments`
       (e.g. the attention mask), or ``None``.
-    sparsity, n_of_m, blocksize, damp, dense_io: as for :func:`prune_kernels`.
+    sparsity: as for :func:`prune_kernels`, or ``{block name: sparsity}`` for every block of
+      :func:`blocks` (e.g. :func:`owl_sparsities`).
+    n_of_m, blocksize, damp, dense_io: as for :func:`prune_kernels`.
     progress: a progress bar over the blocks.
 
   Returns:
@@ -196,20 +258,18 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     return total
 
   moments = capture(params)
-  paths = _planned(s, moments, dense_io, params, n_of_m)
-  units: dict[Any, list[tuple[str, int | None]]] = {}
-  for path in moments.sq:  # the order the computation uses them
-    if path not in paths:
-      continue
-    layers = np.shape(moments.count[path])
-    if layers:
-      for layer in range(layers[0]):
-        units.setdefault(("stack", layer), []).append((path, layer))
-    else:
-      units.setdefault(_block(path), []).append((path, None))
+  units = blocks(moments, _planned(s, moments, dense_io, params, n_of_m))
+  if isinstance(sparsity, Mapping):
+    unknown = sorted(set(sparsity) - set(units))
+    missing = sorted(set(units) - set(sparsity))
+    if unknown or missing:
+      raise ValueError(f"Per-block sparsities name unknown blocks {unknown} and miss {missing}; "
+                       f"the blocks: {list(units)}.")
   current = params
   masks: dict[str, jax.Array] = {}
-  for i, members in enumerate(tqdm(list(units.values()), desc="blocks", disable=not progress)):
+  for i, (name, members) in enumerate(tqdm(list(units.items()), desc="blocks",
+                                           disable=not progress)):
+    block_sparsity = sparsity[name] if isinstance(sparsity, Mapping) else sparsity
     if i and method != "magnitude":
       moments = capture(current)
     leaves = tree_utils.leaves_by_path(current)
@@ -218,14 +278,14 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
       stats = _stats(moments, path, method)
       w = updated.get(path, leaves[path])
       if layer is None:
-        new, keep = _prune_leaf(w, moments.axes[path], stats, False, method, sparsity, n_of_m,
-                                blocksize, damp)
+        new, keep = _prune_leaf(w, moments.axes[path], stats, False, method, block_sparsity,
+                                n_of_m, blocksize, damp)
       else:  # one layer of a stacked kernel, with that layer's statistics
         axes = [a - (a > moments.axes[path][0]) for a in moments.axes[path][1:]]
         stacked_axis = moments.axes[path][0]
         new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes,
                                     jax.tree.map(lambda v: v[layer], stats), False, method,
-                                    sparsity, n_of_m, blocksize, damp)
+                                    block_sparsity, n_of_m, blocksize, damp)
         index = (slice(None),) * stacked_axis + (layer,)
         new = w.at[index].set(new_l.astype(w.dtype))
         keep = masks.get(path, jnp.ones(np.shape(w), jnp.bool_)).at[index].set(keep_l)
