@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from impjax import pruning
 from impjax import scores
 from tests.helpers import eager_and_jit
 
@@ -141,3 +142,22 @@ def test_entropy_taylor_matches_finite_differences():
         fd[b, u] = (loss(gates["u"].at[b, u].add(eps))
                     - loss(gates["u"].at[b, u].add(-eps))) / (2 * eps)
   np.testing.assert_allclose(got, np.abs(fd).mean(0), rtol=1e-5)
+
+
+def test_ria_against_its_formula_eager_and_jit():
+  rng = np.random.default_rng(7)
+  k = rng.standard_normal((6, 4)).astype(np.float32)
+  norms = np.abs(rng.standard_normal(6)).astype(np.float32)
+  a = np.abs(k.astype(np.float64))
+  # By hand, in the paper's (out, in) layout: W = k.T, row sums over inputs, column sums over
+  # outputs, times ||X_j||^0.5.
+  w = a.T
+  want = (w / w.sum(1, keepdims=True) + w / w.sum(0, keepdims=True)) * np.sqrt(norms)[None, :]
+  for fn in (scores.ria, jax.jit(scores.ria)):
+    np.testing.assert_allclose(fn({"k": k}, {"k": norms})["k"], want.T, rtol=1e-5)
+  kernel, keep = pruning.prune_kernel("ria", jnp.asarray(k), {"sq": jnp.asarray(norms ** 2)},
+                                         sparsity=0.5)
+  score = want.T
+  for j in range(4):  # every output keeps its 3 best inputs by RIA
+    assert set(np.flatnonzero(np.asarray(keep)[:, j])) == set(np.argsort(-score[:, j])[:3])
+  assert (np.asarray(kernel)[~np.asarray(keep)] == 0).all()

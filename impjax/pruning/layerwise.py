@@ -8,6 +8,8 @@ enter a statistic.
 
 * ``magnitude``: lowest ``|W|`` per layer (the Wanda paper's baseline, layer-wise comparison).
 * ``wanda``: lowest ``|W_ij| * ||X_j||`` within each output (each kernel column).
+* ``ria``: lowest RIA score (:func:`impjax.scores.ria`: relative importance times
+  ``||X_j||^0.5``) within each output.
 * ``sparsegpt``: OBS pruning with weight updates from ``H = E[x x^T]``
   (:func:`impjax.pruning.sparsegpt`).
 
@@ -47,7 +49,7 @@ from impjax import tree_utils
 from impjax.flax import capture
 from impjax.pruning.sparsegpt import sparsegpt
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
 
 
 def linear_paths(layer: nnx.Module) -> list[str]:
@@ -95,8 +97,8 @@ def prune_kernel(method: str, kernel: jax.Array, stats: Any, *, sparsity: float 
                  damp: float = 0.01) -> tuple[jax.Array, jax.Array]:
   """``(new_kernel, keep_mask)`` of one Flax kernel ``(in, out)`` by ``method``.
 
-  ``stats`` are the means of the kernel's input statistics (``E[x^2]`` as ``"sq"`` for wanda,
-  ``E[x x^T]`` as ``"gram"`` for sparsegpt; unused by magnitude).
+  ``stats`` are the means of the kernel's input statistics (``E[x^2]`` as ``"sq"`` for wanda
+  and ria, ``E[x x^T]`` as ``"gram"`` for sparsegpt; unused by magnitude).
 
   Example:
     >>> k = jnp.array([[1.0, -4.0], [2.0, 3.0]])
@@ -111,11 +113,13 @@ def prune_kernel(method: str, kernel: jax.Array, stats: Any, *, sparsity: float 
     importance = jnp.abs(kernel)
   elif method == "wanda":
     importance = scores.wanda(kernel, jnp.sqrt(stats["sq"]))
+  elif method == "ria":
+    importance = scores.ria(kernel, jnp.sqrt(stats["sq"]))
   else:
     raise ValueError(f"Unknown layer-wise pruning method {method!r}. Known: {METHODS}.")
   if n_of_m is not None:
     keep = select.n_of_m_leaf(importance, *n_of_m, axis=0)
-  elif method == "wanda":  # compare within each output: keep the top inputs of every column
+  elif method in ("wanda", "ria"):  # within each output: keep the top inputs of every column
     n_in = kernel.shape[0]
     keep = select.n_of_m_leaf(importance, n_in - select.num_to_prune(sparsity, n_in), n_in, 0)
   else:
@@ -132,8 +136,8 @@ def prune_layerwise(model: nnx.Module, batches: Iterable[dict], method: str, *,
   Args:
     model: an encoder with ``embeddings`` and ``layers`` (e.g. :class:`MiniLM`).
     batches: calibration batches ``{"ids", "mask"}`` (kept in memory as hidden states).
-    method: ``magnitude``, ``wanda`` or ``sparsegpt``.
-    sparsity: unstructured fraction pruned per kernel (per output for wanda).
+    method: ``magnitude``, ``wanda``, ``ria`` or ``sparsegpt``.
+    sparsity: unstructured fraction pruned per kernel (per output for wanda and ria).
     n_of_m: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs instead.
     blocksize: SparseGPT's block size.
     damp: SparseGPT's Hessian dampening.

@@ -20,6 +20,7 @@ from impjax.scores.activations import block_influence_sums
 from impjax.scores.activations import means
 from impjax.scores.activations import token_gram
 from impjax.scores.activations import token_sums
+from impjax.scores.activations import ria
 from impjax.scores.activations import wanda
 from impjax.scores.activations import wina
 from impjax.scores.criteria import CRITERIA
@@ -70,6 +71,7 @@ __all__ = [
     "rademacher_like",
     "random",
     "register_criterion",
+    "ria",
     "saliency",
     "taylor",
     "taylor_group",

@@ -130,6 +130,36 @@ def wanda(params: tree_utils.Params, input_norms: Any) -> Any:
   return tree_utils.map_with_path(leaf, params, input_norms)
 
 
+def ria(params: tree_utils.Params, input_norms: Any, a: float = 0.5) -> Any:
+  """RIA importance: relative importance times activations,
+  ``(|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_i||^a`` for a Flax kernel ``(in, out)``
+  (``i`` its input, ``j`` its output): a weight's share of its output's and of its input's
+  total magnitude, scaled by its input's norm to the power ``a``. Compared within each output
+  like Wanda.
+
+  Reference: Zhang et al. 2024, "Plug-and-Play: An Efficient Post-training Pruning Method for
+  Large Language Models" (RIA, a = 0.5).
+
+  Example:
+    >>> k = jnp.array([[1.0, 3.0], [1.0, 1.0]])
+    >>> ria({"k": k}, {"k": jnp.array([4.0, 1.0])})["k"].tolist()  # (1/2 + 1/4) * 2 = 1.5
+    [[1.5, 3.0], [1.0, 0.75]]
+  """
+  tree_utils.check_same_structure(params, input_norms, names=("params", "input_norms"),
+                                  shapes=False)
+
+  def leaf(path, w, n):
+    if np.ndim(w) != 2 or np.shape(n) != np.shape(w)[:1]:
+      raise ValueError(f"RIA needs a kernel (in, out) and input_norms (in,) at leaf '{path}', "
+                       f"got {np.shape(w)} and {np.shape(n)}.")
+    w = jnp.abs(w).astype(jnp.float32)
+    tiny = jnp.finfo(jnp.float32).tiny
+    relative = (w / jnp.maximum(w.sum(0, keepdims=True), tiny)
+                + w / jnp.maximum(w.sum(1, keepdims=True), tiny))
+    return relative * (jnp.asarray(n, jnp.float32) ** a)[:, None]
+  return tree_utils.map_with_path(leaf, params, input_norms)
+
+
 def wina(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """WINA per-token input importance ``|x_i| * ||W_i,:||_2`` for a Flax kernel ``(in, out)``.
 

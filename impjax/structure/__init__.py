@@ -48,6 +48,7 @@ from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
 from impjax.structure.unit_taylor import entropy_taylor_scores
 
-__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "blocks", "channel_axes", "compact_model",
-           "discover", "entropy_taylor_scores", "group_scores", "input_moments", "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels", "prune_sequential", "rules",
-           "schemes", "trace", "unit_ranks", "wanda", "width_masks"]
+__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "blocks", "channel_axes",
+           "compact_model", "discover", "entropy_taylor_scores", "group_scores", "input_moments",
+           "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels", "prune_sequential",
+           "rules", "schemes", "trace", "unit_ranks", "wanda", "width_masks"]

@@ -1,18 +1,19 @@
 """One-shot pruning of any model's kernels from calibration statistics of its computation.
 
 :func:`prune_sequential` prunes block after block, each calibrated on the model whose earlier
-blocks are pruned (as Wanda and SparseGPT do); :func:`prune_kernels` prunes every kernel whose inputs :func:`impjax.structure.input_moments`
-captured, by magnitude, Wanda or SparseGPT (unstructured or N:M, SparseGPT with its
-Optimal-Brain-Surgeon weight updates), whatever its form: a Dense ``(in, out)``, a DenseGeneral
-or Einsum kernel with several contraction or output axes, a scanned ``(layers, ...)`` stack
-(each layer with its own statistics). The kernel is viewed as ``(C, O)`` — its contraction axes
+blocks are pruned (as Wanda and SparseGPT do); :func:`prune_kernels` prunes every kernel whose
+inputs :func:`impjax.structure.input_moments` captured, by magnitude, Wanda, RIA or SparseGPT
+(unstructured or N:M, SparseGPT with its Optimal-Brain-Surgeon weight updates), whatever its
+form: a Dense ``(in, out)``, a DenseGeneral or Einsum kernel with several contraction or output
+axes, a scanned ``(layers, ...)`` stack (each layer with its own statistics). The kernel is viewed as ``(C, O)`` — its contraction axes
 flattened in the leaf's order, then the rest — pruned by :func:`impjax.pruning.prune_kernel`
 exactly as the layer-wise path prunes a Linear kernel, and put back in its own layout. N:M
 groups run along the last contraction axis; :func:`prune_kernels` calibrates every kernel on
 the dense model's activations in one pass. The layers that read the model's input or
 write its output, and embeddings, stay dense unless asked.
 
-Reference: Sun et al. 2024 (Wanda); Frantar & Alistarh 2023 (SparseGPT).
+Reference: Sun et al. 2024 (Wanda); Zhang et al. 2024 (RIA); Frantar & Alistarh 2023
+(SparseGPT); Yin et al. 2024 (OWL).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -113,9 +114,9 @@ def prune_kernels(params: tree_utils.Params, moments: Moments, s: Structure, met
     moments: :func:`impjax.structure.input_moments` of calibration batches (summed), with
       ``gram=True`` for ``"sparsegpt"``.
     s: the model's :class:`~impjax.structure.Structure`.
-    method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
-    sparsity: unstructured fraction pruned (per output for wanda, per block for sparsegpt, per
-      kernel for magnitude); ignored with ``n_of_m``.
+    method: ``"magnitude"``, ``"wanda"``, ``"ria"`` or ``"sparsegpt"``.
+    sparsity: unstructured fraction pruned (per output for wanda and ria, per block for
+      sparsegpt, per kernel for magnitude); ignored with ``n_of_m``.
     n_of_m: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs along the last contraction
       axis (a kernel whose last contraction axis ``m`` does not divide stays dense).
     blocksize: SparseGPT's block size (reduced to divide a kernel's inputs).
@@ -230,7 +231,7 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     params: its params.
     s: its :class:`~impjax.structure.Structure`.
     batches: calibration batches, each a tuple of ``fn``'s inputs (kept in memory).
-    method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+    method: ``"magnitude"``, ``"wanda"``, ``"ria"`` or ``"sparsegpt"``.
     token_masks: per batch, the rows' weights for :func:`impjax.structure.input_moments`
       (e.g. the attention mask), or ``None``.
     sparsity: as for :func:`prune_kernels`, or ``{block name: sparsity}`` for every block of
