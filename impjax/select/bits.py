@@ -146,6 +146,8 @@ def to_bits(choice_index: Any, choices: Sequence[Choice], params: tree_utils.Par
       # The unit axes in the leaf's order: the layer axis of a stacked leaf, the neuron axis.
       axes = ([g.layer_axis % np.ndim(x)] if g.layer_axis is not None else []) + (
           [g.axis % np.ndim(x)] if g.kind == "neurons" else [])
+      if not axes:  # one value for the whole leaf
+        return bits.reshape(())
       view = [1] * np.ndim(x)
       for a in axes:
         view[a] = np.shape(x)[a]

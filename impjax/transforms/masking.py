@@ -227,8 +227,8 @@ def hold_masks(inner: optax.GradientTransformation, masks: tree_utils.Masks, *,
     >>> tx = hold_masks(optax.sgd(0.1), {"w": jnp.array([True, False, True]), "b": True})
     >>> state = tx.init(params)
     >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
-    >>> optax.apply_updates(params, updates)["w"].tolist()
-    [0.8999999761581543, 0.0, 2.9000000953674316]
+    >>> [round(v, 4) for v in optax.apply_updates(params, updates)["w"].tolist()]
+    [0.9, 0.0, 2.9]
   """
   rules = [("^" + re.escape(path) + "$", groups.element())
            for path, m in zip(tree_utils.path_names(masks), jax.tree.leaves(masks))
