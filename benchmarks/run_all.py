@@ -40,6 +40,7 @@ BENCHMARKS = (
     "quality/minilm_layer_sampling",
     "quality/dare_minilm",
     "quality/minilm_recovery",
+    "quality/decoder_pruning",
 )
 """Every benchmark, as ``folder/name`` under ``benchmarks/``; ``--only`` takes the names."""
 

@@ -5,6 +5,8 @@
 - ``synthetic``: ``gaussian_clusters``, a seeded task on which accuracy keeps rising with width.
 - ``text``: English calibration and evaluation text from Python's reference pages and
   standard-library docstrings, and a retrieval task (disjoint splits).
+- ``language_modeling``: that text as a language-modeling task: a BPE vocabulary, packed
+  sequences, a fixed :class:`~impjax.data.language_modeling.Protocol`, training and perplexity.
 
 Example:
   >>> from impjax import data

@@ -169,24 +169,41 @@ def build(name: str, size: str = "tiny", seed: int = 0) -> ZooMember:
     raise ValueError(f"Unknown zoo model {name!r}; expected one of {NAMES}.")
   if size not in SIZES:
     raise ValueError(f"Unknown size {size!r}; expected one of {SIZES}.")
-  rng = np.random.default_rng(seed)
   if name in ("vit", "vit_scan"):
     config, shape = _vit(size, scan=name == "vit_scan")
+  elif name in ("gemma", "gemma_mha"):
+    config, shape = _gemma(size, mha=name == "gemma_mha")
+  else:
+    config, shape = {"resnet": _resnet, "lm": _lm, "minilm": _minilm}[name](size)
+  return from_config(name, config, shape, seed)
+
+
+def from_config(name: str, config: Any, shape: tuple[int, ...], seed: int = 0) -> ZooMember:
+  """The zoo architecture ``name`` built from its own ``config`` (e.g. a
+  :class:`~impjax.models.gemma.GemmaConfig` of another vocabulary), with example inputs of
+  ``shape`` (images NHWC, or token ids ``(batch, length)``).
+
+  Example:
+    >>> from impjax.models import gemma
+    >>> c = gemma.GemmaConfig(vocab_size=300, width=16, depth=1, num_heads=2, num_kv_heads=1,
+    ...                       head_dim=8, mlp_dim=32)
+    >>> member = from_config("gemma", c, (2, 5))
+    >>> member.apply(member.params, jnp.zeros((1, 4), jnp.int32)).shape
+    (1, 4, 300)
+  """
+  if name not in NAMES:
+    raise ValueError(f"Unknown zoo model {name!r}; expected one of {NAMES}.")
+  rng = np.random.default_rng(seed)
+  if name in ("vit", "vit_scan", "resnet"):
     images = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    return _linen(name, vit.ViT(config), config, (images,), seed)
-  if name == "resnet":
-    config, shape = _resnet(size)
-    images = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    return _linen(name, resnet.ResNet(config), config, (images,), seed)
+    module = resnet.ResNet(config) if name == "resnet" else vit.ViT(config)
+    return _linen(name, module, config, (images,), seed)
   if name == "lm":
-    config, shape = _lm(size)
     return _linen(name, lm.TransformerLM(config), config,
                   (_ids(rng, config.vocab_size, shape),), seed)
   if name in ("gemma", "gemma_mha"):
-    config, shape = _gemma(size, mha=name == "gemma_mha")
     return _nnx(name, lambda: gemma.Gemma(config, rngs=nnx.Rngs(seed)), config,
                 (_ids(rng, config.vocab_size, shape),), lambda model, ids: model(ids))
-  config, shape = _minilm(size)
   lengths = rng.integers(shape[1] // 2, shape[1] + 1, shape[0])
   mask = jnp.asarray(np.arange(shape[1]) < lengths[:, None], jnp.int32)
   return _nnx(name, lambda: minilm.MiniLM(config, rngs=nnx.Rngs(seed)), config,

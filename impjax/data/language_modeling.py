@@ -1,0 +1,171 @@
+"""Language modeling on the project's English text: a BPE vocabulary, packed sequences, one
+fixed protocol, and perplexity.
+
+The text is :mod:`impjax.data.text`'s (Python's reference pages and standard-library
+docstrings, read from the installed Python). The training text is both sources' calibration
+split; the byte-level BPE vocabulary is trained on it alone (``tokenizers``), and cached on
+first use. Sentences are encoded, each followed by ``[EOS]``, concatenated and cut into
+sequences of ``seq_len`` tokens. :class:`Protocol` fixes every choice a figure depends on:
+the sequence length, the vocabulary, the calibration sequences (a seeded draw from the training
+sequences, the usual practice of calibrating on the training distribution) and the evaluation
+sequences (a seeded draw from the evaluation split of both sources, disjoint from the training
+text).
+
+Example:
+  >>> from impjax.data import language_modeling as lm
+  >>> data = lm.splits(lm.Protocol(seq_len=32, vocab_size=300, calibration_sequences=4,
+  ...                               evaluation_sequences=8))
+  >>> data.calibration.shape, data.evaluation.shape, data.train.shape[1]
+  ((4, 32), (8, 32), 32)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tokenizers
+from tokenizers import decoders
+from tokenizers import models as bpe_models
+from tokenizers import pre_tokenizers
+from tokenizers import trainers
+from tqdm import tqdm
+
+from impjax.data import text
+
+EOS = "[EOS]"
+CACHE_DIR = os.environ.get("IMPJAX_LM_DIR", os.path.expanduser("~/.cache/impjax/language_modeling"))
+
+
+class Protocol(NamedTuple):
+  """Everything a perplexity figure depends on.
+
+  Attributes:
+    seq_len: tokens per sequence.
+    vocab_size: the BPE vocabulary's size (``[EOS]`` included).
+    calibration_sequences: training sequences drawn (seeded) for one-shot calibration.
+    evaluation_sequences: evaluation sequences drawn (seeded) for perplexity (0: all of them).
+    seed: the draws' seed.
+  """
+  seq_len: int = 64
+  vocab_size: int = 512
+  calibration_sequences: int = 128
+  evaluation_sequences: int = 512
+  seed: int = 0
+
+
+class Splits(NamedTuple):
+  """Token sequences ``(n, seq_len)`` int32 of each split, and the tokenizer."""
+  train: np.ndarray
+  calibration: np.ndarray
+  evaluation: np.ndarray
+  tokenizer: Any
+
+
+def training_text() -> list[str]:
+  """The calibration split of both text sources: what the BPE and the model learn from."""
+  return [s for source in text.SOURCES for s in text.sentences("calibration", source)]
+
+
+def evaluation_text() -> list[str]:
+  """The evaluation split of both text sources (no sentence of the training text)."""
+  return [s for source in text.SOURCES for s in text.sentences("evaluation", source)]
+
+
+def tokenizer(vocab_size: int = 512, cache_dir: str | None = None) -> tokenizers.Tokenizer:
+  """A byte-level BPE vocabulary of ``vocab_size`` tokens trained on :func:`training_text`,
+  read from ``cache_dir`` when it was trained before."""
+  cache_dir = cache_dir or CACHE_DIR
+  path = os.path.join(cache_dir, f"bpe_{vocab_size}.json")
+  if os.path.exists(path):
+    return tokenizers.Tokenizer.from_file(path)
+  tok = tokenizers.Tokenizer(bpe_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(training_text(), trainer)
+  os.makedirs(cache_dir, exist_ok=True)
+  partial = f"{path}.{os.getpid()}.tmp"
+  tok.save(partial)
+  os.replace(partial, path)  # several processes may train it at once; each file is whole
+  return tok
+
+
+def pack(tok: tokenizers.Tokenizer, sentences: list[str], seq_len: int) -> np.ndarray:
+  """``sentences`` encoded, each followed by ``[EOS]``, concatenated and cut into
+  ``(n, seq_len)`` int32 sequences (the last partial one dropped)."""
+  eos = tok.token_to_id(EOS)
+  ids = [i for enc in tok.encode_batch(sentences) for i in enc.ids + [eos]]
+  n = len(ids) // seq_len
+  return np.asarray(ids[:n * seq_len], np.int32).reshape(n, seq_len)
+
+
+def splits(protocol: Protocol = Protocol(), cache_dir: str | None = None) -> Splits:
+  """The protocol's :class:`Splits`."""
+  tok = tokenizer(protocol.vocab_size, cache_dir)
+  train = pack(tok, training_text(), protocol.seq_len)
+  evaluation = pack(tok, evaluation_text(), protocol.seq_len)
+  rng = np.random.default_rng(protocol.seed)
+  draw = lambda seqs, n: seqs[np.sort(rng.choice(len(seqs), n, replace=False))] if n else seqs
+  return Splits(train, draw(train, protocol.calibration_sequences), draw(
+      evaluation, protocol.evaluation_sequences), tok)
+
+
+def next_token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
+  """Summed negative log-likelihood of every next token: ``logits[:, t]`` predicts
+  ``ids[:, t + 1]``.
+
+  Example:
+    >>> ids = jnp.array([[1, 2, 3]])
+    >>> round(float(next_token_nll(jnp.zeros((1, 3, 4)), ids)), 4)  # 2 tokens, log 4 each
+    2.7726
+  """
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1))
+
+
+def perplexity(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray,
+               batch_size: int = 32) -> float:
+  """``exp`` of the mean next-token negative log-likelihood of ``apply(params, ids)`` (logits
+  ``(batch, seq_len, vocab)``) over ``sequences``, in jitted batches.
+
+  Example:
+    >>> apply = lambda p, ids: jnp.zeros(ids.shape + (8,))  # uniform over 8 tokens
+    >>> round(perplexity(apply, None, np.zeros((3, 5), np.int32), batch_size=2), 4)
+    8.0
+  """
+  nll = jax.jit(lambda p, ids: next_token_nll(apply(p, ids), ids))
+  total = sum(float(nll(params, jnp.asarray(sequences[i:i + batch_size])))
+              for i in range(0, len(sequences), batch_size))
+  return float(np.exp(total / (len(sequences) * (sequences.shape[1] - 1))))
+
+
+def train(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray, tx: Any,
+          steps: int, batch_size: int = 32, seed: int = 0, opt_state: Any = None,
+          progress: bool = True) -> tuple[Any, Any]:
+  """``(params, opt_state)`` after ``steps`` of next-token training with the optax ``tx`` on
+  batches drawn (seeded, reshuffled every epoch) from ``sequences``."""
+  loss = lambda p, ids: next_token_nll(apply(p, ids), ids) / (ids.shape[0] * (ids.shape[1] - 1))
+
+  @jax.jit
+  def step(params, opt_state, ids):
+    value, grads = jax.value_and_grad(loss)(params, ids)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  opt_state = tx.init(params) if opt_state is None else opt_state
+  rng, order = np.random.default_rng(seed), np.zeros(0, np.int64)
+  bar = tqdm(range(steps), desc="train", disable=not progress)
+  for i in bar:
+    if len(order) < batch_size:
+      order = np.concatenate([order, rng.permutation(len(sequences))])
+    batch, order = order[:batch_size], order[batch_size:]
+    params, opt_state, value = step(params, opt_state, jnp.asarray(sequences[batch]))
+    if i % 50 == 0:
+      bar.set_postfix(loss=f"{float(value):.3f}")
+  return params, opt_state
