@@ -15,7 +15,7 @@ every pruned weight checked still zero. The claims checked: SparseGPT and Wanda 
 magnitude; OWL below uniform Wanda at 70%; recovery lowers perplexity.
 
 Run:
-  python benchmarks/quality/decoder_pruning.py --json /tmp/decoder.json  # 1500 steps (~10 min)
+  python benchmarks/quality/decoder_pruning.py --json /tmp/decoder.json  # 1500 steps (~20 min)
   python benchmarks/quality/decoder_pruning.py --quick                   # 40 steps, 64 sequences
 """
 
