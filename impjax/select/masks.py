@@ -70,10 +70,9 @@ def masks(importance: tree_utils.Importance, the_plan: tree_utils.Plan, sparsity
   else:
     group_masks = topk(grouped, sparsity, scope=selector.scope)
   if selector.floor > 0:
-    group_masks = join(jax.tree.map(
+    group_masks = join(jax.tree.map(  # N:M leaves have empty group scores: no floor
         lambda m, s: m if s.size == 0 else _floored(m, s, selector.floor),
-        split(group_masks), split(jax.tree.map(
-            lambda s, g: s[:0] if g.kind == "n_of_m" else s, grouped, the_plan))))
+        split(group_masks), split(grouped)))
 
   def leaf(s, g, m):
     if g.kind == "n_of_m":
