@@ -199,8 +199,7 @@ def _given_masks(masks: tree_utils.Masks, params: tree_utils.Params,
                  the_plan: tree_utils.Plan) -> tree_utils.Masks:
   """``masks`` in the state's form: full-shape bool for prunable leaves, scalar ``True`` for
   dense ones (which must keep everything)."""
-  tree_utils.check_same_structure(params, masks, names=("params", "masks"), shapes=False)
-  tree_utils.check_broadcasts(params, masks)
+  tree_utils.check_broadcasts(params, masks)  # the same structure, and shapes that fit
 
   def leaf(path, p, m, g):
     m = jnp.asarray(m, jnp.bool_)
