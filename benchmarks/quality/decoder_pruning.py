@@ -78,10 +78,7 @@ def main():
       if method == "owl":
         if isinstance(sparsity, str):
           continue
-        moments = None
-        for batch in calibration:
-          m = structure.input_moments(member.apply, params, *batch)
-          moments = m if moments is None else jax.tree.map(np.add, moments, m)
+        moments = structure.batch_moments(member.apply, params, calibration)
         kwargs = {"sparsity": structure.owl_sparsities(params, moments, s, sparsity)}
       pruned, masks = structure.prune_sequential(
           member.apply, params, s, calibration, "wanda" if method == "owl" else method,

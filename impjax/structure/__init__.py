@@ -7,8 +7,9 @@
   re-run at the new widths.
 - ``defaults``: path rules and quantization channel axes from the structure.
 - ``selection``: unit scores of the groups and the units each layer keeps.
-- ``capture``: the inputs' squared sums of every kernel, read by re-running the computation
-  (:func:`input_moments`), and Wanda's importance from them.
+- ``capture``: the inputs' squared sums (and Gram matrices) of every kernel, read by re-running
+  the computation (:func:`input_moments`, summed over batches by :func:`batch_moments`), and
+  Wanda's importance from them.
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
 - ``one_shot``: :func:`prune_sequential` (block after block) and :func:`prune_kernels` (one
   pass), one-shot magnitude, Wanda and SparseGPT (unstructured or N:M) of every captured
@@ -25,6 +26,7 @@ Example:
 """
 
 from impjax.structure.capture import Moments
+from impjax.structure.capture import batch_moments
 from impjax.structure.capture import input_moments
 from impjax.structure.capture import wanda
 from impjax.structure.compaction import compact_model
@@ -48,7 +50,7 @@ from impjax.structure.selection import keep_units
 from impjax.structure.tracing import trace
 from impjax.structure.unit_taylor import entropy_taylor_scores
 
-__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "blocks", "channel_axes",
-           "compact_model", "discover", "entropy_taylor_scores", "group_scores", "input_moments",
-           "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels", "prune_sequential",
-           "rules", "schemes", "trace", "unit_ranks", "wanda", "width_masks"]
+__all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "batch_moments", "blocks",
+           "channel_axes", "compact_model", "discover", "entropy_taylor_scores", "group_scores",
+           "input_moments", "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels",
+           "prune_sequential", "rules", "schemes", "trace", "unit_ranks", "wanda", "width_masks"]

@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flax import struct
 import jax
@@ -189,6 +189,31 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   return Moments({p: v["sq"] for p, v in stats.items()}, {p: v["rows"] for p, v in stats.items()},
                  tuple(sorted(axes.items())), tuple(sorted(consumed - set(stats))),
                  {p: v["gram"] for p, v in stats.items() if "gram" in v})
+
+
+def batch_moments(fn: Callable[..., Any], params: tree_utils.Params, batches: Sequence[tuple],
+                  *, gram: bool = False, token_masks: Sequence[Any] | None = None) -> Moments:
+  """:func:`input_moments` summed over calibration ``batches`` (tuples of ``fn``'s inputs),
+  ``token_masks`` giving each batch's row weights (or ``None``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones((2, 3))}
+    >>> x = jnp.array([[1.0, 2.0], [3.0, 0.0]])
+    >>> m = batch_moments(lambda p, x: x @ p["w"], params, [(x[:1],), (x[1:],)])
+    >>> m.sq["w"].tolist(), int(m.count["w"])
+    ([10.0, 4.0], 2)
+  """
+  token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
+  if len(token_masks) != len(batches):
+    raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
+  if not batches:
+    raise ValueError("batch_moments got no batches.")
+  total = None
+  for batch, mask in zip(batches, token_masks):
+    m = input_moments(fn, params, *batch, gram=gram, token_mask=mask)
+    total = m if total is None else jax.tree.map(jnp.add, total, m)
+  return total
 
 
 def wanda(params: tree_utils.Params, moments: Moments) -> tree_utils.Importance:

@@ -34,7 +34,14 @@ import numpy as np
 from impjax import groups
 from impjax import tree_utils
 from impjax.quantization import numerics
+from impjax.structure.discovery import KernelAxes
 from impjax.structure.discovery import Structure
+
+
+def pruned_by_default(k: KernelAxes, dense_io: bool = True) -> bool:
+  """Whether the defaults prune kernel ``k``: not an embedding and, with ``dense_io``, neither
+  reading the model's input nor writing its output."""
+  return k.kind != "embedding" and not (dense_io and (k.reads_input or k.writes_output))
 
 
 def rules(s: Structure, params: tree_utils.Params,
@@ -58,7 +65,7 @@ def rules(s: Structure, params: tree_utils.Params,
   leaves = tree_utils.leaves_by_path(params)
   out = []
   for path, k in s.kernels.items():
-    if k.kind == "embedding" or (dense_io and (k.reads_input or k.writes_output)):
+    if not pruned_by_default(k, dense_io):
       continue
     g = granularity
     if g.kind == "n_of_m":

@@ -45,8 +45,8 @@ from tqdm import tqdm
 from impjax import tree_utils
 from impjax.pruning import layerwise
 from impjax.structure import capture as capture_lib
+from impjax.structure import defaults
 from impjax.structure.capture import Moments
-from impjax.structure.capture import input_moments
 from impjax.structure.discovery import Structure
 
 
@@ -59,7 +59,7 @@ def _planned(s: Structure, moments: Moments, dense_io: bool, params: tree_utils.
   out = []
   for path in sorted(moments.sq):
     k = s.kernels.get(path)
-    if k is None or k.kind == "embedding" or (dense_io and (k.reads_input or k.writes_output)):
+    if k is None or not defaults.pruned_by_default(k, dense_io):
       continue
     if n_of_m is not None and np.shape(leaves[path])[moments.axes[path][-1]] % n_of_m[1]:
       continue
@@ -244,20 +244,9 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     calibration batches once per block.
   """
   batches = [tuple(b) for b in batches]
-  token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
-  if len(token_masks) != len(batches):
-    raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
-  if not batches:
-    raise ValueError("prune_sequential got no batches.")
-  gram = method == "sparsegpt"
-
-  def capture(p):
-    total = None
-    for batch, mask in zip(batches, token_masks):
-      m = input_moments(fn, p, *batch, gram=gram, token_mask=mask)
-      total = m if total is None else jax.tree.map(jnp.add, total, m)
-    return total
-
+  token_masks = None if token_masks is None else list(token_masks)
+  capture = lambda p: capture_lib.batch_moments(fn, p, batches, gram=method == "sparsegpt",
+                                                token_masks=token_masks)
   moments = capture(params)
   units = blocks(moments, _planned(s, moments, dense_io, params, n_of_m))
   if isinstance(sparsity, Mapping):
