@@ -18,9 +18,9 @@ Example:
 from impjax.scores.activations import attention_received
 from impjax.scores.activations import block_influence_sums
 from impjax.scores.activations import means
+from impjax.scores.activations import ria
 from impjax.scores.activations import token_gram
 from impjax.scores.activations import token_sums
-from impjax.scores.activations import ria
 from impjax.scores.activations import wanda
 from impjax.scores.activations import wina
 from impjax.scores.criteria import CRITERIA
