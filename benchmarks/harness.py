@@ -14,6 +14,8 @@ config (``configs/default.py``) and builders (``launch/train.py``). It provides:
 * XLA: :func:`compiled`, :func:`xla_memory` (buffer sizes of a compiled function),
   :func:`xla_flops` and :func:`backward_flops` (FLOPs of a layer stack's backward pass);
 * bytes: :func:`tree_bytes` (a pytree of arrays or of shapes), :func:`tree_size`;
+* SparseGPT: :func:`sparsegpt_reference` (the published algorithm in float64 numpy) and
+  :func:`sparsegpt_speed` (impjax's SparseGPT against it, time and reconstruction error);
 * results: :func:`format_table` and :func:`write_json`;
 * digits: :func:`digits_config`, :func:`load_digits`, :func:`init_model`, :func:`train_dense`
   (the main job's dense phase) and :func:`empirical_fisher`;
@@ -58,6 +60,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 from impjax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import estimators  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import quantization  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import select  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -218,6 +221,98 @@ def tree_bytes(tree: Any) -> int:
 def tree_size(tree: Any) -> int:
   """Number of values in a pytree's arrays (or ``jax.ShapeDtypeStruct`` s)."""
   return int(sum(math.prod(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree)))
+
+
+# --------------------------------------------------------------------------------- SparseGPT
+def sparsegpt_reference(kernel: np.ndarray, hessian: np.ndarray, *, sparsity: float = 0.0,
+                        n: int = 0, m: int = 0, blocksize: int = 128, damp: float = 0.01
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """SparseGPT's published algorithm (Frantar & Alistarh 2023, Algorithm 1) in float64 numpy,
+  in its own layout ``W (out, in)``: ``(new kernel, keep mask)`` of a Flax kernel ``(in, out)``.
+
+  The inverse Hessian's upper Cholesky factor, rows visited block by block; in a block the
+  unstructured mask is the lowest ``sparsity`` share of ``w^2 / d^2`` (N:M: per group of ``m``
+  inputs, chosen when the group is reached), each input's error pushed onto the block's later
+  inputs, and the block's errors onto every later block.
+  """
+  w = np.array(kernel, np.float64).T
+  h = np.array(hessian, np.float64)
+  dead = np.diag(h) == 0
+  h[dead, dead] = 1.0
+  w[:, dead] = 0.0
+  h += damp * np.mean(np.diag(h)) * np.eye(len(h))
+  u = np.linalg.cholesky(np.linalg.inv(h)).T
+  pruned = np.zeros(w.shape, bool)
+  rows = np.arange(w.shape[0])[:, None]
+  for i1 in range(0, w.shape[1], blocksize):
+    i2 = i1 + blocksize
+    w1, u1 = w[:, i1:i2].copy(), u[i1:i2, i1:i2]
+    q1, err1 = np.zeros_like(w1), np.zeros_like(w1)
+    mask1 = np.zeros(w1.shape, bool)
+    if not m:
+      score = (w1 ** 2 / np.diag(u1)[None] ** 2).reshape(-1)
+      mask1.reshape(-1)[np.argsort(score, kind="stable")[:int(round(sparsity * score.size))]] = True
+    for i in range(blocksize):
+      if m and i % m == 0:
+        score = w1[:, i:i + m] ** 2 / np.diag(u1)[None, i:i + m] ** 2
+        mask1[rows, i + np.argsort(score, axis=1, kind="stable")[:, :m - n]] = True
+      col, d = w1[:, i], u1[i, i]
+      q = np.where(mask1[:, i], 0.0, col)
+      err = (col - q) / d
+      w1[:, i:] -= np.outer(err, u1[i, i:])
+      q1[:, i], err1[:, i] = q, err
+    w[:, i1:i2] = q1
+    w[:, i2:] -= err1 @ u[i1:i2, i2:]
+    pruned[:, i1:i2] = mask1
+  return w.T, ~pruned.T
+
+
+def sparsegpt_speed(sizes: Sequence[int], *, seed: int = 0, blocksize: int = 128,
+                    repeats: int = 5) -> list[dict]:
+  """impjax's jitted SparseGPT (warm, median of ``repeats`` calls, the two modes interleaved)
+  against :func:`sparsegpt_reference`
+  (one call) on ``(n, n)`` kernels of every size, unstructured 50% and 2:4. A kernel's Hessian
+  is the Gram matrix of ``2n`` correlated inputs of unequal scales.
+
+  Returns:
+    Rows ``{kernel, mode, impjax_seconds, reference_seconds, impjax_error, reference_error,
+    mask_agreement}``: the errors are ``tr(D^T H D)`` of each result over that of the same
+    mask without weight updates, the agreement the share of entries both keep or both prune.
+  """
+  rng = np.random.default_rng(seed)
+  kernels = {}
+  for n in sizes:
+    mixing = np.eye(n, dtype=np.float32) + rng.standard_normal((n, n), np.float32) / np.sqrt(n)
+    x = jnp.asarray(rng.standard_normal((2 * n, n), np.float32)) @ jnp.asarray(mixing)
+    x = x * jnp.linspace(0.2, 3.0, n)
+    kernels[f"{n}x{n}"] = (rng.standard_normal((n, n), np.float32), x.T @ x / (2 * n))
+  modes = {"unstructured": {"sparsity": 0.5}, "2:4": {"n": 2, "m": 4}}
+  rows = []
+  for name, (kernel, hessian) in kernels.items():
+    w = jnp.asarray(kernel, jnp.float32)
+    h = jnp.asarray(hessian, jnp.float32)
+    block = math.gcd(w.shape[0], blocksize)
+    calls = {mode: lambda i, kw=kw: pruning.sparsegpt(w, h, blocksize=block, **kw)
+             for mode, kw in modes.items()}
+    interleaved(calls, 1)  # compiles both
+    seconds = interleaved(calls, repeats)  # the two modes alternate, under the same load
+    w64, h64 = np.asarray(w, np.float64), np.asarray(h, np.float64)
+    error = lambda new_w: float(np.sum((w64 - new_w) * (h64 @ (w64 - new_w))))
+    for mode, kwargs in modes.items():
+      new, keep = calls[mode](0)
+      start = time.perf_counter()
+      ref, ref_keep = sparsegpt_reference(w64, h64, blocksize=block, **kwargs)
+      reference_seconds = time.perf_counter() - start
+      mask_only = error(np.where(ref_keep, w64, 0.0))
+      rows.append({"kernel": name, "mode": mode, "impjax_seconds": median(seconds[mode]),
+                   "reference_seconds": reference_seconds,
+                   "impjax_error": error(np.asarray(new, np.float64)) / mask_only,
+                   "reference_error": error(ref) / mask_only,
+                   "mask_agreement": float(np.mean(np.asarray(keep) == ref_keep))})
+      print(f"sparsegpt {name} {mode:12s} impjax {rows[-1]['impjax_seconds']:.3f}s reference "
+            f"{reference_seconds:.3f}s error {rows[-1]['impjax_error']:.4f} vs "
+            f"{rows[-1]['reference_error']:.4f}", flush=True)
+  return rows
 
 
 # ----------------------------------------------------------------------------------- results

@@ -12,11 +12,15 @@ calibration sequences; OWL is Wanda at ``structure.owl_sparsities`` (lambda 0.08
 Perplexity on the protocol's 512 evaluation sequences. Recovery: Wanda and SparseGPT at 50%,
 70% and 2:4 fine-tuned for ``--recovery-steps`` (AdamW 3e-4) with ``transforms.hold_masks``,
 every pruned weight checked still zero. The claims checked: SparseGPT and Wanda far below
-magnitude; OWL below uniform Wanda at 70%; recovery lowers perplexity.
+magnitude; OWL below uniform Wanda at 70%; recovery lowers perplexity. Finally SparseGPT's speed
+(``harness.sparsegpt_speed``): impjax's jitted SparseGPT against a float64 numpy implementation
+of the published algorithm on ``n x n`` kernels up to 4096 (quick: 512), unstructured 50% and
+2:4, seconds and reconstruction error side by side.
 
 Run:
   python benchmarks/quality/decoder_pruning.py --json /tmp/decoder.json  # 1500 steps (~20 min)
   python benchmarks/quality/decoder_pruning.py --quick                   # 40 steps, 64 sequences
+  python benchmarks/quality/decoder_pruning.py --speed-only              # SparseGPT's speed only
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-impor
 from impjax.data import language_modeling as lm  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import zoo  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+SPEED_SIZES = (1024, 2048, 4096)
+QUICK_SPEED_SIZES = (256, 512)
 SPARSITIES = (0.5, 0.6, 0.7, "2:4")
 METHODS = ("magnitude", "wanda", "ria", "sparsegpt", "owl")
 RECOVERED = {("wanda", 0.5), ("wanda", 0.7), ("wanda", "2:4"), ("sparsegpt", 0.5),
@@ -54,7 +60,18 @@ def main():
   parser.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
   parser.add_argument("--recovery-steps", type=int, default=None,
                       help="fine-tuning steps with masks held (default 100, quick 5)")
+  parser.add_argument("--speed-only", action="store_true",
+                      help="only SparseGPT's speed against the float64 reference")
   args = parser.parse_args()
+  speed = harness.sparsegpt_speed(QUICK_SPEED_SIZES if args.quick else SPEED_SIZES,
+                                  seed=args.seed)
+  print(harness.format_table(
+      ["kernel", "mode", "impjax s", "reference s", "impjax error", "reference error"],
+      [[r["kernel"], r["mode"], r["impjax_seconds"], r["reference_seconds"], r["impjax_error"],
+        r["reference_error"]] for r in speed]), flush=True)
+  if args.speed_only:
+    harness.write_json(args.json, {"sparsegpt_speed": speed})
+    return
   steps = args.steps or (40 if args.quick else 1500)
   recovery_steps = args.recovery_steps or (5 if args.quick else 100)
   protocol = lm.Protocol(evaluation_sequences=64 if args.quick else 512, seed=args.seed)
@@ -103,7 +120,7 @@ def main():
         "" if r["recovered_perplexity"] is None else f"{r['recovered_perplexity']:.2f}",
         "" if r["pruned_nonzero"] is None else r["pruned_nonzero"]] for r in results]))
   harness.write_json(args.json, {
-      "dense_perplexity": dense, "results": results, "steps": steps,
+      "dense_perplexity": dense, "results": results, "sparsegpt_speed": speed, "steps": steps,
       "recovery_steps": recovery_steps, "protocol": protocol._asdict(),
       "parameters": harness.tree_size(params),
       "pruned_kernels": sorted(p for p in tree_utils.path_names(params)

@@ -6,8 +6,10 @@ inverted, and factored as the upper Cholesky factor ``U`` of ``H^-1``. Rows are 
 blocks of ``blocksize``: in each block the mask is chosen from ``w^2 / U_ii^2`` (unstructured:
 the lowest ``sparsity`` fraction of the block; N:M: per group of ``m`` rows, chosen when the
 group is reached), each row's error ``(w - q) / U_ii`` is pushed onto the rows after it with
-``U``'s row, and a block's accumulated errors update every later block at once. Both loops are
-``lax.scan``s, so the whole layer is one jitted computation.
+``U``'s row, and a block's accumulated errors update every later block at once. Inside a block
+the same lazy update runs at a finer scale: rows are pruned one by one in groups of 8 (or of
+``m``), and each group's errors reach the block's later rows in one matrix product. The loops
+are ``lax.scan``s, so the whole layer is one jitted computation.
 
 Reference: Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately
 Pruned in One-Shot" (Algorithm 1 and the reference implementation's ``fasterprune``).
@@ -25,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +35,10 @@ from jax import lax
 
 from impjax import select
 from impjax import tree_utils
+
+_ROWS_PER_UPDATE = 8
+"""Rows of a block pruned one by one between two (rows x rows-after) matrix updates of the
+block's later rows (a multiple of ``m`` for N:M)."""
 
 
 def inverse_hessian_factor(hessian: jax.Array, damp: float = 0.01) -> tuple[jax.Array, jax.Array]:
@@ -48,9 +55,11 @@ def inverse_hessian_factor(hessian: jax.Array, damp: float = 0.01) -> tuple[jax.
   dead = diag == 0
   h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
   h = h + damp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
-  lower = jnp.linalg.cholesky(h)
-  h_inv = jax.scipy.linalg.cho_solve((lower, True), jnp.eye(h.shape[0], dtype=h.dtype))
-  return jnp.linalg.cholesky(h_inv).T, dead
+  # U^T U = H^-1 with U upper means H = V V^T with V = U^-1 upper: the Cholesky factor of H
+  # with rows and columns reversed, so U is one Cholesky and one triangular inverse away.
+  lower = jnp.linalg.cholesky(h[::-1, ::-1])
+  eye = jnp.eye(h.shape[0], dtype=h.dtype)
+  return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1], dead
 
 
 def _check(kernel, hessian, sparsity, n, m, blocksize):
@@ -95,29 +104,45 @@ def sparsegpt(kernel: jax.Array, hessian: jax.Array, *, sparsity: float = 0.0, n
   w = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32))
   rows = jnp.arange(n_in)
 
+  if m:  # groups of m rows, each chosen when it is reached
+    rows_per_update = m * math.gcd(blocksize // m, max(1, _ROWS_PER_UPDATE // m))
+  else:
+    rows_per_update = math.gcd(blocksize, _ROWS_PER_UPDATE)
+  block_rows = jnp.arange(blocksize)
+
   def block_step(w, start):
     w1 = lax.dynamic_slice(w, (start, 0), (blocksize, n_out))
     u1 = lax.dynamic_slice(u, (start, start), (blocksize, blocksize))
     d1 = jnp.diag(u1)
-    if m:
-      keep1 = jnp.ones_like(w1, jnp.bool_)
-    else:
+    if not m:
       keep1 = select.topk(jnp.square(w1) / jnp.square(d1)[:, None], sparsity)
 
-    def row_step(carry, i):
-      w1, keep1 = carry
-      if m:
-        group = lax.dynamic_slice(w1, (i, 0), (m, n_out))
-        dg = lax.dynamic_slice(d1, (i,), (m,))
-        chosen = select.n_of_m_leaf(jnp.square(group) / jnp.square(dg)[:, None], n, m, 0)
-        keep1 = jnp.where(i % m == 0, lax.dynamic_update_slice(keep1, chosen, (i, 0)), keep1)
-      row = w1[i]
-      q = jnp.where(keep1[i], row, 0.0)
-      err = (row - q) / d1[i]
-      w1 = w1 - u1[i][:, None] * err[None, :]  # u1 is upper triangular: rows >= i change
-      return (w1, keep1), (q, err)
+    def rows_step(w1, i):
+      """Rows ``i ..`` of the block one by one, each pruned and its error pushed onto the
+      group's later rows; then the group's errors onto the block's later rows at once."""
+      group = lax.dynamic_slice(w1, (i, 0), (rows_per_update, n_out))
+      u_group = lax.dynamic_slice(u1, (i, i), (rows_per_update, rows_per_update))
+      qs, errs, keeps = [], [], []
+      for j in range(rows_per_update):
+        if m and j % m == 0:
+          scores = jnp.square(group[j:j + m]) / jnp.square(jnp.diag(u_group)[j:j + m])[:, None]
+          chosen = select.n_of_m_leaf(scores, n, m, 0)
+        keep_row = chosen[j % m] if m else lax.dynamic_index_in_dim(keep1, i + j, 0, False)
+        row = group[j]
+        q = jnp.where(keep_row, row, 0.0)
+        err = (row - q) / u_group[j, j]
+        group = group - u_group[j][:, None] * err[None, :]  # upper triangular: rows >= j
+        qs.append(q)
+        errs.append(err)
+        keeps.append(keep_row)
+      errs = jnp.stack(errs)
+      u_rows = lax.dynamic_slice(u1, (i, 0), (rows_per_update, blocksize))
+      later = block_rows[:, None] >= i + rows_per_update
+      w1 = w1 - jnp.where(later, u_rows.T @ errs, 0.0)
+      return w1, (jnp.stack(qs), errs, jnp.stack(keeps))
 
-    (_, keep1), (q1, err1) = lax.scan(row_step, (w1, keep1), jnp.arange(blocksize))
+    _, (q1, err1, keep1) = lax.scan(rows_step, w1, jnp.arange(0, blocksize, rows_per_update))
+    q1, err1, keep1 = (x.reshape(blocksize, n_out) for x in (q1, err1, keep1))
     later = rows[:, None] >= start + blocksize
     u_rows = lax.dynamic_slice(u, (start, 0), (blocksize, n_in))
     w = w - jnp.where(later, u_rows.T @ err1, 0.0)

@@ -23,6 +23,21 @@ from impjax import tree_utils
 from impjax.groups import granularity as gran
 
 
+_PAIRWISE_M = 16
+"""Groups up to this size are ranked by pairwise comparison (``m^2`` compares, no sort)."""
+
+
+def _group_ranks(grouped: jax.Array) -> jax.Array:
+  """Stable ascending rank of every entry within its group (the last axis): the number of
+  entries below it, plus the equal ones before it."""
+  m = grouped.shape[-1]
+  if m > _PAIRWISE_M:
+    return jnp.argsort(jnp.argsort(grouped, axis=-1, stable=True), axis=-1, stable=True)
+  mine, other = grouped[..., :, None], grouped[..., None, :]
+  before = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]
+  return jnp.sum((other < mine) | ((other == mine) & before), axis=-1)
+
+
 def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
   """Keep-mask of one array with exactly ``n`` kept in each group of ``m`` along ``axis``.
 
@@ -35,8 +50,7 @@ def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
   gran.check_leaf(scores.shape, gran.Granularity("n_of_m", axis=axis, n=n, m=m), "scores")
   moved = jnp.moveaxis(scores, axis, -1)
   grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-  rank = jnp.argsort(jnp.argsort(grouped, axis=-1, stable=True), axis=-1, stable=True)
-  keep = (rank >= m - n).reshape(moved.shape)
+  keep = (_group_ranks(grouped) >= m - n).reshape(moved.shape)
   return jnp.moveaxis(keep, -1, axis)
 
 
