@@ -30,6 +30,7 @@ BENCHMARKS = (
     "speed/sharded_overhead",
     "speed/state_memory",
     "speed/any_model",
+    "speed/calibration_cost",
     "quality/one_shot_quality",
     "quality/sparse_training",
     "quality/mixed_precision",

@@ -3,6 +3,7 @@ against the layer-wise kernel pruner fed by hand-computed inputs, and on every z
 requested share along each kernel's contraction axes, pruned entries zero, SparseGPT's error
 below magnitude's, and masks that hold through recovery fine-tuning."""
 
+import chex
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,9 @@ from impjax import pruning
 from impjax import structure
 from impjax import transforms
 from impjax import tree_utils
+from impjax.structure import one_shot
+from impjax.structure import segments
+from impjax.structure import tracing
 from impjax.models import zoo
 from tests.helpers import zoo_model
 
@@ -180,6 +184,66 @@ def test_a_scanned_stack_is_pruned_layer_by_layer_like_its_looped_twin():
       np.testing.assert_allclose(np.asarray(tree_utils.leaves_by_path(b)[path])[i],
                                  tree_utils.leaves_by_path(a)[twin], rtol=1e-4, atol=1e-5)
   assert stacked == 6  # q, k, v, out and the MLP's two kernels
+
+
+def _two_batches(member):
+  """The member's inputs and a second batch of other content (and, for MiniLM, another
+  length and padding)."""
+  if member.name == "minilm":
+    ids, mask = member.inputs
+    short = (ids[::-1, :-3], jnp.asarray(np.asarray(mask[::-1, :-3]).copy()).at[0, -1].set(0))
+    return [member.inputs, short], [mask, short[1]]
+  return [member.inputs, jax.tree.map(lambda x: x[::-1], member.inputs)], None
+
+
+@pytest.mark.parametrize("name,method", [("minilm", "wanda"), ("gemma", "sparsegpt"),
+                                         ("lm", "wanda"), ("vit", "sparsegpt")])
+def test_the_cut_model_runs_once_and_prunes_as_the_whole_model_rerun(name, method, monkeypatch):
+  member, s = zoo_model(name)
+  batches, token_masks = _two_batches(member)
+  kwargs = dict(sparsity=0.5, token_masks=token_masks, blocksize=8, progress=False)
+  runs = []
+  real_run = segments.Segments.run
+  monkeypatch.setattr(segments.Segments, "run",
+                      lambda self, i, *a, **k: runs.append(i) or real_run(self, i, *a, **k))
+  new, masks = structure.prune_sequential(member.apply, member.params, s, batches, method,
+                                          **kwargs)
+  host, host_masks = structure.prune_sequential(member.apply, member.params, s, batches, method,
+                                                host=True, **kwargs)
+  blocks = len(structure.blocks(structure.input_moments(member.apply, member.params,
+                                                        *member.inputs), [
+      p for p, k in tree_utils.leaves_by_path(masks).items() if np.ndim(k)]))
+  # per call: every block captured on each batch, and all but the last run pruned once more
+  assert len(runs) == 2 * (2 * blocks - 1) * len(batches)
+  monkeypatch.setattr(one_shot, "_segments", lambda *a: None)  # the whole model per block
+  want, want_masks = structure.prune_sequential(member.apply, member.params, s, batches, method,
+                                                **kwargs)
+  chex.assert_trees_all_equal(masks, want_masks, host_masks)
+  chex.assert_trees_all_close(new, want, host, rtol=1e-4, atol=1e-5)
+
+
+def test_segments_chain_to_the_model_and_host_values_are_numpy():
+  member, s = zoo_model("gemma")
+  t = tracing.trace(member.apply, member.params, *member.inputs)
+  paths = [[f"blocks/{i}/attn/q_einsum/kernel", f"blocks/{i}/mlp/linear/kernel"]
+           for i in range(member.config.depth)]
+  seg = segments.cut(t, paths)
+  assert seg is not None and len(seg) == member.config.depth
+  live = seg.start(member.inputs, host=True)
+  captured = {}
+  for i in range(len(seg)):
+    live, m = seg.run(i, member.params, live, host=True)
+    assert all(isinstance(v, np.ndarray) for v in live)
+    captured.update(m.sq)
+  np.testing.assert_allclose(live[0], member.apply(member.params, *member.inputs), rtol=1e-5,
+                             atol=1e-5)
+  whole = structure.input_moments(member.apply, member.params, *member.inputs)
+  assert sorted(captured) == sorted(whole.sq)
+  chex.assert_trees_all_close(captured, whole.sq, rtol=1e-5)
+  scanned, _ = zoo_model("vit_scan")  # the layers of one scan cannot be cut apart
+  t = tracing.trace(scanned.apply, scanned.params, *scanned.inputs)
+  stack = "params/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"
+  assert segments.cut(t, [[stack], ["params/head/kernel"]]) is None
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.NAMES if n != "resnet"])

@@ -301,7 +301,7 @@ def ref_n_of_m(x, n, m, axis):
 @pytest.mark.parametrize("shape,n,m,axis", [
     ((16, 10), 2, 4, 0), ((16, 10), 1, 4, 0), ((16, 10), 3, 8, 0), ((16, 10), 4, 4, 0),
     ((16, 10), 1, 16, 0), ((16, 10), 3, 5, 1), ((16, 10), 1, 2, -1), ((3, 3, 1, 8), 2, 4, -1),
-    ((3, 3, 1, 8), 1, 3, 0), ((64, 3), 5, 32, 0),  # m > 16: ranked by sorting, not pairwise
+    ((3, 3, 1, 8), 1, 3, 0), ((64, 3), 5, 32, 0), ((96, 2), 31, 32, 0),  # m > 16: by threshold
 ])
 def test_n_of_m_matches_loop_reference(shape, n, m, axis):
   rng = np.random.default_rng(9)

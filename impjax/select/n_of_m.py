@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from impjax import tree_utils
@@ -27,15 +28,33 @@ _PAIRWISE_M = 16
 """Groups up to this size are ranked by pairwise comparison (``m^2`` compares, no sort)."""
 
 
-def _group_ranks(grouped: jax.Array) -> jax.Array:
-  """Stable ascending rank of every entry within its group (the last axis): the number of
-  entries below it, plus the equal ones before it."""
+def _keep_largest(grouped: jax.Array, n: int) -> jax.Array:
+  """The ``n`` largest entries of every group (the last axis); among equal entries the later
+  ones are kept."""
   m = grouped.shape[-1]
-  if m > _PAIRWISE_M:
-    return jnp.argsort(jnp.argsort(grouped, axis=-1, stable=True), axis=-1, stable=True)
-  mine, other = grouped[..., :, None], grouped[..., None, :]
-  before = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]
-  return jnp.sum((other < mine) | ((other == mine) & before), axis=-1)
+  if n in (0, m):
+    return jnp.full(grouped.shape, n == m)
+  if m <= _PAIRWISE_M:  # the stable ascending rank: entries below, plus equal ones before
+    mine, other = grouped[..., :, None], grouped[..., None, :]
+    before = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]
+    rank = jnp.sum((other < mine) | ((other == mine) & before), axis=-1)
+    return rank >= m - n
+  # The n-th largest value of every group, found bit by bit (32 counting passes, no sort) on
+  # order-preserving unsigned keys of the floats (-0.0 made 0.0, which it equals).
+  bits = lax.bitcast_convert_type(jnp.where(grouped == 0, 0.0, grouped).astype(jnp.float32),
+                                  jnp.uint32)
+  key = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+  def bit(b, threshold):
+    candidate = threshold | (jnp.uint32(1) << (31 - b).astype(jnp.uint32))
+    enough = jnp.sum(key >= candidate, axis=-1, keepdims=True) >= n
+    return jnp.where(enough, candidate, threshold)
+
+  threshold = lax.fori_loop(0, 32, bit, jnp.zeros(grouped.shape[:-1] + (1,), jnp.uint32))
+  above, ties = key > threshold, key == threshold
+  needed = n - jnp.sum(above, axis=-1, keepdims=True)
+  ties_from_here = jnp.flip(jnp.cumsum(jnp.flip(ties, -1), axis=-1), -1)
+  return above | (ties & (ties_from_here <= needed))
 
 
 def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
@@ -50,7 +69,7 @@ def n_of_m_leaf(scores: jax.Array, n: int, m: int, axis: int = 0) -> jax.Array:
   gran.check_leaf(scores.shape, gran.Granularity("n_of_m", axis=axis, n=n, m=m), "scores")
   moved = jnp.moveaxis(scores, axis, -1)
   grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-  keep = (_group_ranks(grouped) >= m - n).reshape(moved.shape)
+  keep = _keep_largest(grouped, n).reshape(moved.shape)
   return jnp.moveaxis(keep, -1, axis)
 
 

@@ -14,6 +14,8 @@
 - ``one_shot``: :func:`prune_sequential` (block after block) and :func:`prune_kernels` (one
   pass), one-shot magnitude, Wanda and SparseGPT (unstructured or N:M) of every captured
   kernel, whatever its form, at one sparsity or OWL's per-block ones (:func:`owl_sparsities`).
+- ``segments``: the traced computation cut at the blocks and run one segment at a time on the
+  values live between them (the hidden states), for :func:`prune_sequential`.
 - ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
   per-example gates on the kernels that read them.
 

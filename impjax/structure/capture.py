@@ -69,15 +69,17 @@ class Moments:
     return dict(self.leaf_axes)
 
 
-class _Capturing(compaction.Evaluator):
-  """Re-evaluates a traced jaxpr, accumulating the inputs of parameter products."""
+class Capturing(compaction.Evaluator):
+  """Re-evaluates a traced jaxpr, accumulating the inputs of parameter products (``capture``
+  false: evaluates only)."""
 
-  def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]], gram: bool):
+  def __init__(self, t: tracing.Trace, leaf_shapes: dict[str, tuple[int, ...]], gram: bool,
+               capture: bool = True):
     super().__init__(t, {})
     self.gram = gram
     self.token_mask = None  # set per run: (batch, tokens) weights of the rows, or None
-    self.sites = {u.site: u for u in t.uses
-                  if u.kind == "dot" and u.activation is not None and not u.batch}
+    self.sites = {u.site: u for u in t.uses if capture and u.kind == "dot"
+                  and u.activation is not None and not u.batch}
     self.shapes = leaf_shapes
     self.stats: dict[str, tuple[jax.Array, jax.Array]] = {}
     self.inside_control_flow = 0  # products inside cond / while bodies are not captured
@@ -119,6 +121,11 @@ class _Capturing(compaction.Evaluator):
       flatten = lambda v: jnp.transpose(v, others + order).reshape(math.prod(row_shape), -1)
       new["gram"] = flatten(wx).T @ flatten(x)
     self._add(use.path, new)
+
+  def reset(self, token_mask: Any) -> None:
+    """Empties the sums before a run, with the run's row weights (or ``None``)."""
+    self.stats = {}
+    self.token_mask = None if token_mask is None else jnp.asarray(token_mask, jnp.float32)
 
   def _add(self, path: str, new: dict) -> None:
     old = self.stats.get(path)
@@ -169,16 +176,19 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   """
   t = tracing.trace(fn, tracing.abstract(params), *tracing.abstract(inputs))
   leaf_shapes = {path: tuple(np.shape(x)) for path, x in tree_utils.leaves_by_path(params).items()}
-  capturing = _Capturing(t, leaf_shapes, gram)
+  capturing = Capturing(t, leaf_shapes, gram)
 
   @jax.jit
   def run(flat, token_mask):  # one compiled program, also when called eagerly
-    capturing.stats = {}
-    capturing.token_mask = None if token_mask is None else jnp.asarray(token_mask, jnp.float32)
+    capturing.reset(token_mask)
     capturing.run(t.jaxpr.jaxpr, (), flat, t.jaxpr.consts)
     return capturing.stats
 
-  stats = run(jax.tree.leaves(params) + jax.tree.leaves(inputs), token_mask)
+  return to_moments(t, run(jax.tree.leaves(params) + jax.tree.leaves(inputs), token_mask))
+
+
+def to_moments(t: tracing.Trace, stats: dict[str, dict[str, jax.Array]]) -> Moments:
+  """The :class:`Moments` of a :class:`Capturing` run's sums over the trace ``t``."""
   layer = {u.path: u.layer[0] for u in t.uses if u.layer}
   axes = {}
   for u in t.uses:

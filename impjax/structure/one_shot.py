@@ -46,6 +46,8 @@ from impjax import tree_utils
 from impjax.pruning import layerwise
 from impjax.structure import capture as capture_lib
 from impjax.structure import defaults
+from impjax.structure import segments as segments_lib
+from impjax.structure import tracing
 from impjax.structure.capture import Moments
 from impjax.structure.discovery import Structure
 
@@ -164,7 +166,7 @@ def blocks(moments: Moments, paths: Iterable[str]) -> dict[str, list[tuple[str, 
   for path in moments.sq:
     if path not in paths:
       continue
-    layers = np.shape(moments.count[path])
+    layers = moments.count[path].shape  # arrays, or jax.eval_shape's shapes
     if layers:
       for layer in range(layers[0]):
         units.setdefault(f"stack[{layer}]", []).append((path, layer))
@@ -218,13 +220,20 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
                      token_masks: Iterable[Any] | None = None,
                      sparsity: float | Mapping[str, float] = 0.0,
                      n_of_m: tuple[int, int] | None = None, blocksize: int = 128,
-                     damp: float = 0.01, dense_io: bool = True, progress: bool = True
-                     ) -> tuple[tree_utils.Params, tree_utils.Masks]:
+                     damp: float = 0.01, dense_io: bool = True, host: bool = False,
+                     progress: bool = True) -> tuple[tree_utils.Params, tree_utils.Masks]:
   """Layer-sequential one-shot pruning of any model, as Wanda and SparseGPT prune: block after
   block in the order the computation uses them, each block's kernels pruned (as
   :func:`prune_kernels` does) from statistics of the model whose earlier blocks are already
   pruned. A block is a kernel's path up to its first numbered component (``layers/3``,
   ``blocks/0``, ``encoderblock_1``); every layer of a scanned stack is a block of its own.
+
+  Where the blocks follow one another in the traced computation, the model runs once: block
+  ``i`` runs on the values live after block ``i - 1`` (the hidden states, cut from the jaxpr by
+  :mod:`impjax.structure.segments`), once to capture its inputs and once, pruned, to give the
+  next block its inputs. The layers of a ``scan`` (or blocks inside one ``jit``) cannot be cut
+  apart: there the whole model re-runs for every block. The compiled segments are kept for the
+  next call with the same function and shapes.
 
   Args:
     fn: the model, ``fn(params, *inputs)``.
@@ -237,50 +246,103 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     sparsity: as for :func:`prune_kernels`, or ``{block name: sparsity}`` for every block of
       :func:`blocks` (e.g. :func:`owl_sparsities`).
     n_of_m, blocksize, damp, dense_io: as for :func:`prune_kernels`.
+    host: keep every batch's hidden states between blocks on the host (numpy), not on the
+      device.
     progress: a progress bar over the blocks.
 
   Returns:
-    ``(pruned params, keep masks)`` like :func:`prune_kernels`. It re-runs the model over the
-    calibration batches once per block.
+    ``(pruned params, keep masks)`` like :func:`prune_kernels`.
   """
   batches = [tuple(b) for b in batches]
-  token_masks = None if token_masks is None else list(token_masks)
-  capture = lambda p: capture_lib.batch_moments(fn, p, batches, gram=method == "sparsegpt",
-                                                token_masks=token_masks)
-  moments = capture(params)
-  units = blocks(moments, _planned(s, moments, dense_io, params, n_of_m))
+  if not batches:
+    raise ValueError("prune_sequential got no calibration batches.")
+  token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
+  if len(token_masks) != len(batches):
+    raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
+  gram = method == "sparsegpt"
+  layout = jax.eval_shape(lambda p: capture_lib.input_moments(fn, p, *batches[0]), params)
+  units = blocks(layout, _planned(s, layout, dense_io, params, n_of_m))
   if isinstance(sparsity, Mapping):
     unknown = sorted(set(sparsity) - set(units))
     missing = sorted(set(units) - set(sparsity))
     if unknown or missing:
       raise ValueError(f"Per-block sparsities name unknown blocks {unknown} and miss {missing}; "
                        f"the blocks: {list(units)}.")
+  key = tuple((n, tuple(m)) for n, m in units.items())
+  segs = [_segments(fn, params, b, key) for b in batches]  # one per batch shape
+  cut = all(seg is not None for seg in segs)
+  if cut:
+    lives = [seg.start(b, host=host) for seg, b in zip(segs, batches)]
+
+  def block_moments(i, current):
+    if not cut:  # the whole model, re-run on the calibration batches
+      return capture_lib.batch_moments(fn, current, batches, gram=gram, token_masks=token_masks)
+    total = None
+    for seg, live, mask in zip(segs, lives, token_masks):
+      m = seg.run(i, current, live, gram=gram, token_mask=mask)[1]
+      total = m if total is None else jax.tree.map(jnp.add, total, m)
+    return total
+
   current = params
   masks: dict[str, jax.Array] = {}
+  moments = None
   for i, (name, members) in enumerate(tqdm(list(units.items()), desc="blocks",
                                            disable=not progress)):
     block_sparsity = sparsity[name] if isinstance(sparsity, Mapping) else sparsity
-    if i and method != "magnitude":
-      moments = capture(current)
-    leaves = tree_utils.leaves_by_path(current)
-    updated = {}
-    for path, layer in members:
-      stats = _stats(moments, path, method)
-      w = updated.get(path, leaves[path])
-      if layer is None:
-        new, keep = _prune_leaf(w, moments.axes[path], stats, False, method, block_sparsity,
-                                n_of_m, blocksize, damp)
-      else:  # one layer of a stacked kernel, with that layer's statistics
-        axes = [a - (a > moments.axes[path][0]) for a in moments.axes[path][1:]]
-        stacked_axis = moments.axes[path][0]
-        new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes,
-                                    jax.tree.map(lambda v: v[layer], stats), False, method,
-                                    block_sparsity, n_of_m, blocksize, damp)
-        index = (slice(None),) * stacked_axis + (layer,)
-        new = w.at[index].set(new_l.astype(w.dtype))
-        keep = masks.get(path, jnp.ones(np.shape(w), jnp.bool_)).at[index].set(keep_l)
-      updated[path], masks[path] = new, keep
+    if method != "magnitude":
+      moments = block_moments(i, current)
+    updated = _prune_block(tree_utils.leaves_by_path(current), masks, members, moments or layout,
+                           method, block_sparsity, n_of_m, blocksize, damp)
     current = tree_utils.map_with_path(
         lambda p, w: updated[p].astype(w.dtype) if p in updated else w, current)
+    if cut and method != "magnitude" and i + 1 < len(units):
+      lives = [seg.run(i, current, live, capture=False, host=host)[0]
+               for seg, live in zip(segs, lives)]
   keep = tree_utils.map_with_path(lambda p, w: masks.get(p, jnp.ones((), jnp.bool_)), current)
   return current, keep
+
+
+def _prune_block(leaves, masks, members, moments, method, sparsity, n_of_m, blocksize, damp):
+  """``{path: new kernel}`` of one block's kernels (``masks`` updated in place)."""
+  updated = {}
+  for path, layer in members:
+    stats = _stats(moments, path, method) if method != "magnitude" else {}
+    w = updated.get(path, leaves[path])
+    if layer is None:
+      new, keep = _prune_leaf(w, moments.axes[path], stats, False, method, sparsity, n_of_m,
+                              blocksize, damp)
+    else:  # one layer of a stacked kernel, with that layer's statistics
+      axes = [a - (a > moments.axes[path][0]) for a in moments.axes[path][1:]]
+      stacked_axis = moments.axes[path][0]
+      new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes,
+                                  jax.tree.map(lambda v: v[layer], stats), False, method,
+                                  sparsity, n_of_m, blocksize, damp)
+      index = (slice(None),) * stacked_axis + (layer,)
+      new = w.at[index].set(new_l.astype(w.dtype))
+      keep = masks.get(path, jnp.ones(np.shape(w), jnp.bool_)).at[index].set(keep_l)
+    updated[path], masks[path] = new, keep
+  return updated
+
+
+_SEGMENTS: dict[Any, segments_lib.Segments | None] = {}
+_SEGMENTS_KEPT = 8
+
+
+def _segments(fn, params, batch, units) -> segments_lib.Segments | None:
+  """The model's jaxpr cut at its blocks (``None`` where they cannot be cut apart), kept for
+  the next call with the same function, shapes and blocks (the last few)."""
+  avals = tracing.abstract((params, batch))
+  try:
+    key = (fn, jax.tree.structure(avals), tuple(jax.tree.leaves(avals)), units)
+    hash(key)
+  except TypeError:
+    key = None
+  if key is not None and key in _SEGMENTS:
+    return _SEGMENTS[key]
+  t = tracing.trace(fn, *avals[:1], *avals[1])
+  seg = segments_lib.cut(t, [[p for p, _ in members] for _, members in units])
+  if key is not None:
+    if len(_SEGMENTS) >= _SEGMENTS_KEPT:
+      _SEGMENTS.pop(next(iter(_SEGMENTS)))
+    _SEGMENTS[key] = seg
+  return seg
