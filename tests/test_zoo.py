@@ -1,7 +1,10 @@
 """The model zoo under impjax's structure tools: every member's discovered MLP-unit and head
 groups equal a hand-written expectation, its default 2:4 rules run along each kernel's
 contraction axis, half its units and heads compacted match the masked model, per-channel
-quantization, targeted dropout over its units, and per-layer selection of stacked kernels."""
+quantization, targeted dropout over its units, per-layer selection of stacked kernels, and the
+member's own class rebuilt at the compacted widths where its config can express them."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -187,6 +190,50 @@ def _keep_half(member, s):
     stacked = any(m.layer is not None for m in groups.members(coupled))
     keep[name] = np.tile(row, (member.config.depth, 1)) if stacked else row
   return keep
+
+
+# The config each member's half-compacted params fit, by hand; None where the config cannot
+# express them: the ViT derives a head's width from width / num_heads, the ResNet has one
+# filter count per stage.
+_FITTED = {"vit": None, "vit_scan": None, "resnet": None,
+           "lm": dict(num_heads=1, qkv_dim=6, mlp_dim=20),
+           "gemma": dict(num_heads=2, num_kv_heads=1, mlp_dim=20),
+           "gemma_mha": dict(num_heads=2, num_kv_heads=2, mlp_dim=20),
+           "minilm": dict(num_heads=(1, 1), intermediate_sizes=(20, 20))}
+
+
+def _abstract_params(member):
+  shape = member.inputs[0].shape
+  return lambda c: jax.eval_shape(lambda: zoo.from_config(member.name, c, shape).params)
+
+
+def test_the_users_model_class_is_rebuilt_at_the_compacted_widths(member, found):
+  small, small_fn = structure.compact_model(member.apply, member.params, found,
+                                            _keep_half(member, found), *member.inputs)
+  want = _FITTED[member.name]
+  if want is None:
+    with pytest.raises(ValueError, match="No config fits these params.*nearest"):
+      structure.fit_config(member.config, _abstract_params(member), small)
+    return
+  config = structure.fit_config(member.config, _abstract_params(member), small)
+  assert config == dataclasses.replace(member.config, **want)
+  rebuilt = zoo.from_config(member.name, config, member.inputs[0].shape)
+  np.testing.assert_allclose(rebuilt.apply(small, *member.inputs),
+                             small_fn(small, *member.inputs), atol=1e-5)
+
+
+def test_a_vit_with_its_heads_whole_is_rebuilt_at_half_its_mlp():
+  member, found = zoo_model("vit_scan")
+  keep = {name: (np.arange(found.groups[name].units) % 2 == 1) | (found.groups[name].kind != "hidden")
+          for name in found.prunable()}
+  keep = {name: np.tile(k, (member.config.depth, 1)) for name, k in keep.items()}
+  small, small_fn = structure.compact_model(member.apply, member.params, found, keep,
+                                            *member.inputs)
+  config = structure.fit_config(member.config, _abstract_params(member), small)
+  assert config == dataclasses.replace(member.config, mlp_dim=20)
+  rebuilt = zoo.from_config(member.name, config, member.inputs[0].shape)
+  np.testing.assert_allclose(rebuilt.apply(small, *member.inputs),
+                             small_fn(small, *member.inputs), atol=1e-5)
 
 
 def test_half_the_units_and_heads_compacted_match_the_masked_model(member, found):

@@ -5,6 +5,8 @@
 - ``discovery``: :func:`discover`, the kernel axes and coupled groups of a model.
 - ``compaction``: :func:`compact_model`, the smaller params and the model's own computation
   re-run at the new widths.
+- ``rebuild``: :func:`fit_config`, the user's own config at the compacted widths (so the
+  model class itself is rebuilt), found by trying sizes and checking shapes abstractly.
 - ``defaults``: path rules and quantization channel axes from the structure.
 - ``selection``: unit scores of the groups and the units each layer keeps.
 - ``capture``: the inputs' squared sums (and Gram matrices) of every kernel, read by re-running
@@ -43,6 +45,7 @@ from impjax.structure.one_shot import blocks
 from impjax.structure.one_shot import owl_sparsities
 from impjax.structure.one_shot import prune_kernels
 from impjax.structure.one_shot import prune_sequential
+from impjax.structure.rebuild import fit_config
 from impjax.structure.ordering import at_width
 from impjax.structure.ordering import keep_at_width
 from impjax.structure.ordering import unit_ranks
@@ -53,6 +56,7 @@ from impjax.structure.tracing import trace
 from impjax.structure.unit_taylor import entropy_taylor_scores
 
 __all__ = ["Group", "KernelAxes", "Moments", "Structure", "at_width", "batch_moments", "blocks",
-           "channel_axes", "compact_model", "discover", "entropy_taylor_scores", "group_scores",
-           "input_moments", "keep_at_width", "keep_units", "owl_sparsities", "prune_kernels",
-           "prune_sequential", "rules", "schemes", "trace", "unit_ranks", "wanda", "width_masks"]
+           "channel_axes", "compact_model", "discover", "entropy_taylor_scores", "fit_config",
+           "group_scores", "input_moments", "keep_at_width", "keep_units", "owl_sparsities",
+           "prune_kernels", "prune_sequential", "rules", "schemes", "trace", "unit_ranks",
+           "wanda", "width_masks"]
