@@ -140,3 +140,35 @@ def test_bad_options_fail_naming_them():
                                      rules=[("kernel", ij.groups.neurons())])
   with pytest.raises(ValueError, match="conv/kernel.*neurons"):
     tx.init(params)
+
+
+def test_a_stacked_leaf_planned_per_layer_keeps_and_rewires_every_layer_on_its_own():
+  params = random_tree(3, {"stack": {"kernel": (16, 3, 8)}, "head": {"kernel": (16, 4)}})
+  rules = [("stack/kernel", ij.groups.per_layer(ij.groups.element(), layer_axis=1)),
+           ("head/kernel", ij.groups.element())]
+  tx = ij.transforms.sparse_training(optax.sgd(0.1), 0.75, method="rigl", update_every=2,
+                                     end_step=8, distribution="uniform", rules=rules)
+  state = tx.init(params)
+  total = int(flat(ij.select.layer_counts(params, ij.groups.plan(params, rules), 0.75,
+                                          "uniform"))["stack/kernel"])
+  want = [total // 3 + (i < total % 3) for i in range(3)]
+  update = jax.jit(tx.update)
+  for t in range(7):
+    grads = random_tree(200 + t, {"stack": {"kernel": (16, 3, 8)}, "head": {"kernel": (16, 4)}})
+    old = np.asarray(state.masks["stack"]["kernel"])
+    stepped = np.where(old, np.asarray(params["stack"]["kernel"])
+                       - np.float32(0.1) * np.asarray(grads["stack"]["kernel"]), 0)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    new = np.asarray(state.masks["stack"]["kernel"])
+    assert [int(new[:, i].sum()) for i in range(3)] == want, t
+    if t % 2 == 0 and 0 < t < 8:  # each layer's drop and grow, by hand, on its own slice
+      fraction = float(drop_fraction_at(t, 0.3, 8))
+      for i in range(3):
+        np.testing.assert_array_equal(
+            new[:, i], _np_rewire(old[:, i], stepped[:, i],
+                                  np.abs(np.asarray(grads["stack"]["kernel"])[:, i]), fraction),
+            err_msg=f"step {t} layer {i}")
+      assert (new != old).any(), t
+    else:
+      np.testing.assert_array_equal(new, old)

@@ -2,8 +2,9 @@
 
 The network is sparse from the first step. :func:`sparse_training` draws random masks with the
 exact per-leaf kept counts of a density distribution (:func:`impjax.select.layer_counts`:
-uniform, or ERK, Erdős–Rényi-Kernel), masks the gradients, keeps the pruned weights exactly
-zero, and every ``update_every`` steps until ``end_step`` rewires each leaf without changing its
+uniform, or ERK, Erdős–Rényi-Kernel; a stacked leaf planned per layer keeps its count in every
+layer), masks the gradients, keeps the pruned weights exactly zero, and every ``update_every``
+steps until ``end_step`` rewires each leaf (each layer of a stacked one) without changing its
 count: it drops the ``k = floor(f_t * n_active)`` active weights of smallest magnitude (after
 the step's update) and grows ``k`` inactive ones, by largest gradient magnitude (``"rigl"``,
 the step's dense gradient, which JAX computes for every weight anyway) or at random
@@ -87,13 +88,25 @@ def rewire(mask: jax.Array, weights: jax.Array, grow_score: jax.Array,
   return remaining | grown
 
 
+def _per_layer(n: int, layers: int) -> np.ndarray:
+  """``n`` kept entries split over ``layers`` layers as evenly as whole counts allow (the
+  first layers take the remainder)."""
+  return n // layers + (np.arange(layers) < n % layers)
+
+
 def _initial_masks(params, the_plan, counts, key):
-  """Random masks keeping exactly ``counts`` entries of every planned leaf."""
+  """Random masks keeping exactly ``counts`` entries of every planned leaf (and, for a leaf
+  planned per layer, of every layer: the count split evenly)."""
   def leaf(i, p, g, n):
     if g.kind == "dense":
       return jnp.ones((), jnp.bool_)
     draws = jax.random.uniform(jax.random.fold_in(key, i), np.shape(p))
-    return _ranks(draws) < n
+    if g.layer_axis is None:
+      return _ranks(draws) < n
+    axis = g.layer_axis % np.ndim(p)
+    per_layer = _per_layer(n, np.shape(p)[axis]).reshape((-1,) + (1,) * (np.ndim(p) - 1))
+    keep = jax.vmap(_ranks)(jnp.moveaxis(draws, axis, 0)) < per_layer
+    return jnp.moveaxis(keep, 0, axis)
   flat, treedef = jax.tree.flatten(params)
   return jax.tree.unflatten(treedef, [
       leaf(i, p, g, n) for i, (p, g, n) in enumerate(zip(flat, jax.tree.leaves(the_plan),
@@ -112,7 +125,9 @@ def sparse_training(inner: optax.GradientTransformation, sparsity: float, *,
     sparsity: the fraction of the planned weights pruned, in [0, 1).
     method: ``"rigl"`` (grow by gradient magnitude), ``"set"`` (grow at random) or
       ``"static"`` (the initial random masks throughout).
-    distribution: per-leaf densities, ``"erk"`` or ``"uniform"`` (exact counts per leaf).
+    distribution: per-leaf densities, ``"erk"`` or ``"uniform"`` (exact counts per leaf, and
+      per layer of a leaf planned with :func:`impjax.groups.per_layer`, as
+      :func:`impjax.structure.rules` plans a scanned stack's kernels).
     update_every: steps between rewirings (RigL's ``delta T``).
     end_step: the last step that rewires (RigL: 75% of training); required unless static.
     drop_fraction: the fraction of each leaf's active weights rewired at step 0, decayed to 0 at
@@ -187,7 +202,12 @@ def sparse_training(inner: optax.GradientTransformation, sparsity: float, *,
           continue
         score = (jnp.abs(g) if method == "rigl"
                  else jax.random.uniform(jax.random.fold_in(key, i), np.shape(w)))
-        out.append(rewire(m, w, score, fraction))
+        if plan.layer_axis is None:
+          out.append(rewire(m, w, score, fraction))
+        else:  # each layer of a stacked leaf rewired on its own, its count unchanged
+          axis = plan.layer_axis % np.ndim(w)
+          out.append(jax.vmap(rewire, in_axes=(axis, axis, axis, None), out_axes=axis)(
+              m, w, score, fraction))
       return jax.tree.unflatten(treedef, out)
 
     new_masks = lax.cond(rewires, rewired, lambda: masks)
