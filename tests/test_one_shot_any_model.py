@@ -298,3 +298,32 @@ def test_owl_sparsities_by_hand_and_pruned_at_them():
   with pytest.raises(ValueError, match="miss \\['layers/2'\\]"):
     structure.prune_sequential(fn, params, s, [(x,)], "wanda", dense_io=False, progress=False,
                                sparsity={k: v for k, v in got.items() if k != "layers/2"})
+
+
+def test_dsnot_refines_wandas_masks_toward_the_mean_output_on_any_kernel():
+  member, s = zoo_model("gemma")
+  batches = [member.inputs, jax.tree.map(lambda x: x[::-1], member.inputs)]
+  m = structure.batch_moments(member.apply, member.params, batches)
+  wanda, wanda_masks = structure.prune_kernels(member.params, m, s, "wanda", sparsity=0.6)
+  refined, masks = structure.prune_kernels(member.params, m, s, "dsnot", sparsity=0.6)
+  swapped = 0
+  for path, keep in tree_utils.leaves_by_path(masks).items():
+    if not np.ndim(keep):
+      continue
+    w = np.asarray(tree_utils.leaves_by_path(member.params)[path], np.float64)
+    old = np.asarray(tree_utils.leaves_by_path(wanda_masks)[path])
+    axes = m.axes[path]
+    mean = np.asarray(m.sums[path], np.float64) / float(m.count[path])
+    lost = lambda k: np.tensordot(mean, np.where(k, 0.0, w), axes=(list(range(len(axes))), axes))
+    assert (np.abs(lost(np.asarray(keep))) <= np.abs(lost(old)) + 1e-6).all(), path
+    np.testing.assert_array_equal(np.sum(keep, axis=axes), np.sum(old, axis=axes))
+    swapped += int((np.asarray(keep) != old).sum())
+    got = np.asarray(tree_utils.leaves_by_path(refined)[path])
+    np.testing.assert_array_equal(got, np.where(keep, w, 0).astype(np.float32))
+  assert swapped > 0
+  with pytest.raises(ValueError, match="dsnot refines unstructured masks"):
+    structure.prune_sequential(member.apply, member.params, s, batches, "dsnot",
+                               n_of_m=(2, 4), progress=False)
+  sequential, _ = structure.prune_sequential(member.apply, member.params, s, batches, "dsnot",
+                                             sparsity=0.6, progress=False)
+  assert jax.tree.structure(sequential) == jax.tree.structure(member.params)

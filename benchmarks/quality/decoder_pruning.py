@@ -1,5 +1,5 @@
 """One-shot pruning of a Gemma-style decoder trained on the project's English text: perplexity
-of magnitude, Wanda, RIA, SparseGPT and OWL at 50/60/70% and 2:4, and after recovery
+of magnitude, Wanda, RIA, DSnoT, SparseGPT and OWL at 50/60/70% and 2:4, and after recovery
 fine-tuning with the masks held.
 
 What it measures: the zoo's small Gemma-style decoder (``zoo.build("gemma", "small")``: RMSNorm,
@@ -8,15 +8,16 @@ embedding; 2.4M parameters) trained from scratch on :mod:`impjax.data.language_m
 protocol (byte-level BPE of 512 tokens trained on the training text, sequences of 64 tokens;
 AdamW, warm-up and cosine decay to 2e-3, batch 32). Each method prunes every kernel but the
 tied embedding layer after layer (``structure.prune_sequential``) from the protocol's 128
-calibration sequences; OWL is Wanda at ``structure.owl_sparsities`` (lambda 0.08, M 5).
+calibration sequences; OWL is Wanda at ``structure.owl_sparsities`` (lambda 0.08, M 5), DSnoT
+Wanda's masks refined by its swaps (unstructured only).
 Perplexity on the protocol's 512 evaluation sequences. Recovery: Wanda and SparseGPT at 50%,
 70% and 2:4 fine-tuned for ``--recovery-steps`` (AdamW 3e-4) with ``transforms.hold_masks``,
 every pruned weight checked still zero, beside the dense model fine-tuned alike (its perplexity
 is what recovery is measured against). The claims checked: SparseGPT and Wanda far below
-magnitude; OWL below uniform Wanda at 70%; recovery lowers perplexity. Finally SparseGPT's speed
-(``harness.sparsegpt_speed``): impjax's jitted SparseGPT against a float64 numpy implementation
-of the published algorithm on ``n x n`` kernels up to 4096 (quick: 512), unstructured 50% and
-2:4, seconds and reconstruction error side by side.
+magnitude; OWL and DSnoT below uniform Wanda at 70%; recovery lowers perplexity. Before all
+that, SparseGPT's speed (``harness.sparsegpt_speed``): impjax's jitted SparseGPT against a
+float64 numpy implementation of the published algorithm on ``n x n`` kernels up to 4096
+(quick: 512), unstructured 50% and 2:4, seconds and reconstruction error side by side.
 
 Run:
   python benchmarks/quality/decoder_pruning.py --json /tmp/decoder.json  # 1500 steps (~20 min)
@@ -46,7 +47,7 @@ from impjax.models import zoo  # pylint: disable=g-import-not-at-top,wrong-impor
 SPEED_SIZES = (1024, 2048, 4096)
 QUICK_SPEED_SIZES = (256, 512)
 SPARSITIES = (0.5, 0.6, 0.7, "2:4")
-METHODS = ("magnitude", "wanda", "ria", "sparsegpt", "owl")
+METHODS = ("magnitude", "wanda", "ria", "dsnot", "sparsegpt", "owl")
 RECOVERED = {("wanda", 0.5), ("wanda", 0.7), ("wanda", "2:4"), ("sparsegpt", 0.5),
              ("sparsegpt", 0.7), ("sparsegpt", "2:4")}
 
@@ -61,6 +62,8 @@ def main():
   parser.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
   parser.add_argument("--recovery-steps", type=int, default=None,
                       help="fine-tuning steps with masks held (default 100, quick 5)")
+  parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                      help="the one-shot methods to run (default all)")
   parser.add_argument("--speed-only", action="store_true",
                       help="only SparseGPT's speed against the float64 reference")
   args = parser.parse_args()
@@ -97,7 +100,9 @@ def main():
   results = []
   for sparsity in SPARSITIES[::2] if args.quick else SPARSITIES:
     kwargs = harness.one_shot_kwargs(sparsity)
-    for method in METHODS:
+    for method in args.methods:
+      if method == "dsnot" and isinstance(sparsity, str):
+        continue  # DSnoT refines unstructured masks
       if method == "owl":
         if isinstance(sparsity, str):
           continue

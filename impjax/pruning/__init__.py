@@ -2,6 +2,7 @@
 re-scored rounds, structured pruning of coupled units and heads, and compaction.
 
 - ``sparsegpt``: SparseGPT's inverse-Hessian pruning of one kernel with weight updates.
+- ``dsnot``: DSnoT's prune-and-grow refinement of a one-shot mask, without training.
 - ``layerwise``: layer-sequential magnitude / Wanda / SparseGPT over MiniLM's layers.
 - ``rounds``: pruning to a target in re-scored cuts (:func:`prune_in_rounds`).
 - ``structured``: MiniLM's coupled groups, entropy-Taylor unit scores, AMP width search.
@@ -23,6 +24,7 @@ from impjax.pruning.compact import compact_encoder
 from impjax.pruning.dare import dare
 from impjax.pruning.dare import deltas
 from impjax.pruning.dare import prune_deltas
+from impjax.pruning.dsnot import dsnot
 from impjax.pruning.layerwise import METHODS
 from impjax.pruning.layerwise import linear_paths
 from impjax.pruning.layerwise import prune_kernel
@@ -44,6 +46,7 @@ __all__ = [
     "compact_encoder",
     "dare",
     "deltas",
+    "dsnot",
     "encoder_groups",
     "entropy_taylor_scores",
     "inverse_hessian_factor",

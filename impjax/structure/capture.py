@@ -4,7 +4,7 @@
 every ``dot_general`` that contracts a parameter leaf with an activation (Dense, DenseGeneral,
 Einsum, attention projections, a tied unembedding), accumulates the activation's squared values
 over all its other axes (tokens, batch): ``sq[j] = sum_rows x[row, j]^2`` laid out along the
-kernel's own contraction axes, and ``count``, the rows summed; with ``gram=True`` also the
+kernel's own contraction axes, the plain sums alike, and ``count``, the rows summed; with ``gram=True`` also the
 Gram matrix ``x^T x`` of the activation flattened over those axes (``(C, C)``, ``C`` their
 product in the leaf's axis order), SparseGPT's Hessian. A kernel a ``scan`` iterates
 (``nn.scan`` stacks) gets one moment per layer. A leaf consumed at several places sums them.
@@ -56,12 +56,14 @@ class Moments:
     missing: kernels consumed by a ``dot_general`` or convolution whose inputs were not
       captured (a convolution, a product inside ``cond`` / ``while``, a batched product).
     gram: ``{path: sum of x^T x}`` ``(C, C)`` (per layer when stacked), when asked for.
+    sums: ``{path: sum of the inputs}``, laid out like ``sq`` (DSnoT's input means).
   """
   sq: dict[str, jax.Array]
   count: dict[str, jax.Array]
   leaf_axes: tuple[tuple[str, tuple[int, ...]], ...] = struct.field(pytree_node=False)
   missing: tuple[str, ...] = struct.field(pytree_node=False)
   gram: dict[str, jax.Array] = struct.field(default_factory=dict)
+  sums: dict[str, jax.Array] = struct.field(default_factory=dict)
 
   @property
   def axes(self) -> dict[str, tuple[int, ...]]:
@@ -110,12 +112,15 @@ class Capturing(compaction.Evaluator):
                        f"{row_shape} rows of the inputs of '{use.path}'.")
     wx = x * jnp.expand_dims(weight, [d for d in range(x.ndim) if d in act_dims]) if (
         self.token_mask is not None) else x
-    sq = jnp.sum(wx * x, axis=others)  # the contracting dims, in ascending order
     leaf_axes = [a for axes in use.contraction_dims for a in axes]
-    sq = jnp.transpose(sq, [sorted(act_dims).index(d) for d in act_dims])
-    sq = sq.reshape([self.shapes[use.path][a] for a in leaf_axes])
-    sq = jnp.transpose(sq, np.argsort(leaf_axes))
-    new = {"sq": sq, "rows": jnp.sum(weight)}
+
+    def in_leaf_layout(v):  # over the contracting dims, in ascending order -> the leaf's
+      v = jnp.transpose(v, [sorted(act_dims).index(d) for d in act_dims])
+      v = v.reshape([self.shapes[use.path][a] for a in leaf_axes])
+      return jnp.transpose(v, np.argsort(leaf_axes))
+
+    new = {"sq": in_leaf_layout(jnp.sum(wx * x, axis=others)),
+           "sum": in_leaf_layout(jnp.sum(wx, axis=others)), "rows": jnp.sum(weight)}
     if self.gram:  # the contracted dims in the leaf's axis order, flattened: (rows, C)
       order = tuple(act_dims[i] for i in np.argsort(leaf_axes))
       flatten = lambda v: jnp.transpose(v, others + order).reshape(math.prod(row_shape), -1)
@@ -198,7 +203,8 @@ def to_moments(t: tracing.Trace, stats: dict[str, dict[str, jax.Array]]) -> Mome
   consumed = {u.path for u in t.uses if u.kind in ("dot", "conv") and u.contraction}
   return Moments({p: v["sq"] for p, v in stats.items()}, {p: v["rows"] for p, v in stats.items()},
                  tuple(sorted(axes.items())), tuple(sorted(consumed - set(stats))),
-                 {p: v["gram"] for p, v in stats.items() if "gram" in v})
+                 {p: v["gram"] for p, v in stats.items() if "gram" in v},
+                 {p: v["sum"] for p, v in stats.items()})
 
 
 def batch_moments(fn: Callable[..., Any], params: tree_utils.Params, batches: Sequence[tuple],

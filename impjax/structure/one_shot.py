@@ -2,8 +2,9 @@
 
 :func:`prune_sequential` prunes block after block, each calibrated on the model whose earlier
 blocks are pruned (as Wanda and SparseGPT do); :func:`prune_kernels` prunes every kernel whose
-inputs :func:`impjax.structure.input_moments` captured, by magnitude, Wanda, RIA or SparseGPT
-(unstructured or N:M, SparseGPT with its Optimal-Brain-Surgeon weight updates), whatever its
+inputs :func:`impjax.structure.input_moments` captured, by magnitude, Wanda, RIA, SparseGPT
+(unstructured or N:M, SparseGPT with its Optimal-Brain-Surgeon weight updates) or DSnoT
+(Wanda's mask refined by prune-and-grow swaps), whatever its
 form: a Dense ``(in, out)``, a DenseGeneral or Einsum kernel with several contraction or output
 axes, a scanned ``(layers, ...)`` stack (each layer with its own statistics). The kernel is viewed as ``(C, O)`` — its contraction axes
 flattened in the leaf's order, then the rest — pruned by :func:`impjax.pruning.prune_kernel`
@@ -13,7 +14,7 @@ the dense model's activations in one pass. The layers that read the model's inpu
 write its output, and embeddings, stay dense unless asked.
 
 Reference: Sun et al. 2024 (Wanda); Zhang et al. 2024 (RIA); Frantar & Alistarh 2023
-(SparseGPT); Yin et al. 2024 (OWL).
+(SparseGPT); Yin et al. 2024 (OWL); Zhang et al. 2024 (DSnoT).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from impjax import tree_utils
 from impjax.pruning import layerwise
+from impjax.pruning.dsnot import dsnot
 from impjax.structure import capture as capture_lib
 from impjax.structure import defaults
 from impjax.structure import segments as segments_lib
@@ -84,7 +86,20 @@ def _stats(moments: Moments, path: str, method: str) -> dict[str, jax.Array]:
   stats = {"sq": moments.sq[path].reshape(lead + (-1,)) / scale}
   if method == "sparsegpt":
     stats["gram"] = moments.gram[path] / scale[..., None]
+  if method == "dsnot":
+    stats["mean"] = moments.sums[path].reshape(lead + (-1,)) / scale
   return stats
+
+
+METHODS = layerwise.METHODS + ("dsnot",)
+"""The one-shot methods; ``"dsnot"`` is Wanda's mask refined by DSnoT's swaps."""
+
+
+def _check_method(method: str, n_of_m) -> None:
+  if method not in METHODS:
+    raise ValueError(f"Unknown one-shot method {method!r}. Known: {METHODS}.")
+  if method == "dsnot" and n_of_m is not None:
+    raise ValueError("dsnot refines unstructured masks: give sparsity=, not n_of_m=.")
 
 
 def _prune_leaf(w, axes, stats, stacked, method, sparsity, n_of_m, blocksize, damp):
@@ -97,8 +112,15 @@ def _prune_leaf(w, axes, stats, stacked, method, sparsity, n_of_m, blocksize, da
   c = math.prod(w.shape[a] for a in contraction)
   flat = moved.reshape(moved.shape[:lead] + (c, -1))
   block = math.gcd(c, blocksize)
-  one = lambda k, st: layerwise.prune_kernel(method, k, st, sparsity=sparsity, n_of_m=n_of_m,
-                                             blocksize=block, damp=damp)
+
+  def one(k, st):
+    if method != "dsnot":
+      return layerwise.prune_kernel(method, k, st, sparsity=sparsity, n_of_m=n_of_m,
+                                    blocksize=block, damp=damp)
+    _, keep = layerwise.prune_kernel("wanda", k, st, sparsity=sparsity)
+    keep = dsnot(k, keep, mean=st["mean"], var=st["sq"] - jnp.square(st["mean"]), sq=st["sq"])
+    return jnp.where(keep, k, 0.0), keep
+
   new, keep = jax.vmap(one)(flat, stats) if stacked else one(flat, stats)
   inverse = np.argsort(perm)
   return (jnp.transpose(new.reshape(moved.shape), inverse),
@@ -116,7 +138,8 @@ def prune_kernels(params: tree_utils.Params, moments: Moments, s: Structure, met
     moments: :func:`impjax.structure.input_moments` of calibration batches (summed), with
       ``gram=True`` for ``"sparsegpt"``.
     s: the model's :class:`~impjax.structure.Structure`.
-    method: ``"magnitude"``, ``"wanda"``, ``"ria"`` or ``"sparsegpt"``.
+    method: ``"magnitude"``, ``"wanda"``, ``"ria"``, ``"sparsegpt"`` or ``"dsnot"`` (Wanda's
+      mask refined by :func:`impjax.pruning.dsnot`, unstructured only).
     sparsity: unstructured fraction pruned (per output for wanda and ria, per block for
       sparsegpt, per kernel for magnitude); ignored with ``n_of_m``.
     n_of_m: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs along the last contraction
@@ -130,8 +153,7 @@ def prune_kernels(params: tree_utils.Params, moments: Moments, s: Structure, met
     like the params (scalar ``True`` for every leaf left dense), ready for
     :func:`impjax.transforms.hold_masks`.
   """
-  if method not in layerwise.METHODS:
-    raise ValueError(f"Unknown one-shot method {method!r}. Known: {layerwise.METHODS}.")
+  _check_method(method, n_of_m)
   if n_of_m is None:
     tree_utils.check_fraction(sparsity, what="sparsity")
   if method == "sparsegpt" and not moments.gram:
@@ -240,7 +262,8 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
     params: its params.
     s: its :class:`~impjax.structure.Structure`.
     batches: calibration batches, each a tuple of ``fn``'s inputs (kept in memory).
-    method: ``"magnitude"``, ``"wanda"``, ``"ria"`` or ``"sparsegpt"``.
+    method: ``"magnitude"``, ``"wanda"``, ``"ria"``, ``"sparsegpt"`` or ``"dsnot"`` (Wanda's
+      mask refined by :func:`impjax.pruning.dsnot`, unstructured only).
     token_masks: per batch, the rows' weights for :func:`impjax.structure.input_moments`
       (e.g. the attention mask), or ``None``.
     sparsity: as for :func:`prune_kernels`, or ``{block name: sparsity}`` for every block of
@@ -253,6 +276,7 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
   Returns:
     ``(pruned params, keep masks)`` like :func:`prune_kernels`.
   """
+  _check_method(method, n_of_m)
   batches = [tuple(b) for b in batches]
   if not batches:
     raise ValueError("prune_sequential got no calibration batches.")
