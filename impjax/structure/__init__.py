@@ -14,8 +14,9 @@
   Wanda's importance from them.
 - ``ordering``: unit ranks and ordered-width masks over the groups (ordered dropout).
 - ``one_shot``: :func:`prune_sequential` (block after block) and :func:`prune_kernels` (one
-  pass), one-shot magnitude, Wanda and SparseGPT (unstructured or N:M) of every captured
-  kernel, whatever its form, at one sparsity or OWL's per-block ones (:func:`owl_sparsities`).
+  pass), one-shot magnitude, Wanda, RIA, DSnoT and SparseGPT (unstructured or N:M) of every
+  captured kernel, whatever its form, at one sparsity or OWL's per-block ones
+  (:func:`owl_sparsities`).
 - ``segments``: the traced computation cut at the blocks and run one segment at a time on the
   values live between them (the hidden states), for :func:`prune_sequential`.
 - ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
