@@ -218,8 +218,8 @@ def test_the_users_model_class_is_rebuilt_at_the_compacted_widths(member, found)
   config = structure.fit_config(member.config, _abstract_params(member), small)
   assert config == dataclasses.replace(member.config, **want)
   rebuilt = zoo.from_config(member.name, config, member.inputs[0].shape)
-  np.testing.assert_allclose(rebuilt.apply(small, *member.inputs),
-                             small_fn(small, *member.inputs), atol=1e-5)
+  np.testing.assert_allclose(jax.jit(rebuilt.apply)(small, *member.inputs),
+                             jax.jit(small_fn)(small, *member.inputs), atol=1e-5)
 
 
 def test_a_vit_with_its_heads_whole_is_rebuilt_at_half_its_mlp():
@@ -232,8 +232,8 @@ def test_a_vit_with_its_heads_whole_is_rebuilt_at_half_its_mlp():
   config = structure.fit_config(member.config, _abstract_params(member), small)
   assert config == dataclasses.replace(member.config, mlp_dim=20)
   rebuilt = zoo.from_config(member.name, config, member.inputs[0].shape)
-  np.testing.assert_allclose(rebuilt.apply(small, *member.inputs),
-                             small_fn(small, *member.inputs), atol=1e-5)
+  np.testing.assert_allclose(jax.jit(rebuilt.apply)(small, *member.inputs),
+                             jax.jit(small_fn)(small, *member.inputs), atol=1e-5)
 
 
 def test_half_the_units_and_heads_compacted_match_the_masked_model(member, found):

@@ -113,22 +113,47 @@ def fit_config(config: Any, abstract_params: Callable[[Any], Any], params: tree_
     return _replace(config, changes)
 
   tried, nearest = 0, None
+
+  def misfits(choice):
+    """The candidate and its wrong leaves, or ``None`` where its model rejects it."""
+    nonlocal tried, nearest
+    tried += 1
+    try:
+      candidate = build(choice)
+      shapes = _shapes(jax.eval_shape(lambda: abstract_params(candidate)))
+    except Exception:  # pylint: disable=broad-except  # a config its model rejects
+      return None
+    wrong = sorted(p for p in new if shapes.get(p) != new[p])
+    if nearest is None or len(wrong) < len(nearest[1]):
+      nearest = (candidate, wrong)
+    return candidate, wrong
+
+  # Greedy first: one change at a time, each the one that leaves the fewest leaves wrong
+  # (independent widths, e.g. one per layer, fit in a few rounds).
+  choice, misfit = [], sum(old[p] != new[p] for p in new)
+  while True:
+    best = None
+    for slot in slots:
+      if any(slot is chosen for chosen, _ in choice):
+        continue
+      for v in slot[2]:
+        found = misfits(choice + [(slot, v)])
+        if found is not None and (best is None or len(found[1]) < best[0]):
+          best = (len(found[1]), slot, v, found[0])
+    if best is None or best[0] >= misfit:
+      break
+    misfit, choice = best[0], choice + [(best[1], best[2])]
+    if not misfit:
+      return best[3]
+  # Then every combination, fewest changes first (coupled sizes: heads with their width).
   for count in range(1, len(slots) + 1):
     for chosen in itertools.combinations(slots, count):
       for values in itertools.product(*(sizes for _, _, sizes in chosen)):
-        tried += 1
         if tried > _MAX_CANDIDATES:
           break
-        try:
-          candidate = build(list(zip(chosen, values)))
-          shapes = _shapes(jax.eval_shape(lambda c=candidate: abstract_params(c)))
-        except Exception:  # pylint: disable=broad-except  # a config its model rejects
-          continue
-        wrong = sorted(p for p in new if shapes.get(p) != new[p])
-        if not wrong:
-          return candidate
-        if nearest is None or len(wrong) < len(nearest[1]):
-          nearest = (candidate, wrong)
+        found = misfits(list(zip(chosen, values)))
+        if found is not None and not found[1]:
+          return found[0]
   detail = (f" the nearest, {nearest[0]}, gets {nearest[1][:6]} wrong" if nearest
             else " no integer of the config holds a resized size")
   raise ValueError(f"No config fits these params ({min(tried, _MAX_CANDIDATES)} tried):{detail}.")
