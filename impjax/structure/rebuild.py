@@ -5,7 +5,9 @@ config can express the new widths (an MLP width, a number of heads or kv heads, 
 the config has one value per layer), :func:`fit_config` finds that config. It reads nothing
 from field names: the integer fields (and integers inside tuple fields) whose value is a size
 that changed between the traced and the compacted params, or a multiple or divisor of one
-(a fused ``heads * head_dim`` width), are tried at the sizes scaled alike, fewest changes first, and a candidate is accepted only when the model built from it has exactly the
+(a fused ``heads * head_dim`` width), are tried at the sizes scaled alike — first greedily, one
+change at a time, each the one leaving the fewest leaves misshapen, then every combination,
+fewest changes first. A candidate is accepted only when the model built from it has exactly the
 compacted params' shapes (checked abstractly, with ``jax.eval_shape``: nothing is allocated).
 
 Example:
