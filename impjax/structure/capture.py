@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from flax import struct
 import jax
@@ -220,14 +220,26 @@ def batch_moments(fn: Callable[..., Any], params: tree_utils.Params, batches: Se
     >>> m.sq["w"].tolist(), int(m.count["w"])
     ([10.0, 4.0], 2)
   """
+  token_masks = checked_token_masks(batches, token_masks)
+  return sum_moments(input_moments(fn, params, *batch, gram=gram, token_mask=mask)
+                     for batch, mask in zip(batches, token_masks))
+
+
+def checked_token_masks(batches: Sequence[tuple], token_masks: Sequence[Any] | None) -> list:
+  """One row-weight entry per calibration batch (``None`` for all when not given);
+  ``ValueError`` for no batches or a count that differs."""
+  if not batches:
+    raise ValueError("Got no calibration batches.")
   token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
   if len(token_masks) != len(batches):
     raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
-  if not batches:
-    raise ValueError("batch_moments got no batches.")
+  return token_masks
+
+
+def sum_moments(moments: Iterable[Moments]) -> Moments:
+  """The sum of several batches' :class:`Moments` (of the same kernels)."""
   total = None
-  for batch, mask in zip(batches, token_masks):
-    m = input_moments(fn, params, *batch, gram=gram, token_mask=mask)
+  for m in moments:
     total = m if total is None else jax.tree.map(jnp.add, total, m)
   return total
 

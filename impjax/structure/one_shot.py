@@ -278,11 +278,7 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
   """
   _check_method(method, n_of_m)
   batches = [tuple(b) for b in batches]
-  if not batches:
-    raise ValueError("prune_sequential got no calibration batches.")
-  token_masks = [None] * len(batches) if token_masks is None else list(token_masks)
-  if len(token_masks) != len(batches):
-    raise ValueError(f"token_masks has {len(token_masks)} entries for {len(batches)} batches.")
+  token_masks = capture_lib.checked_token_masks(batches, token_masks)
   gram = method == "sparsegpt"
   layout = jax.eval_shape(lambda p: capture_lib.input_moments(fn, p, *batches[0]), params)
   units = blocks(layout, _planned(s, layout, dense_io, params, n_of_m))
@@ -301,11 +297,8 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
   def block_moments(i, current):
     if not cut:  # the whole model, re-run on the calibration batches
       return capture_lib.batch_moments(fn, current, batches, gram=gram, token_masks=token_masks)
-    total = None
-    for seg, live, mask in zip(segs, lives, token_masks):
-      m = seg.run(i, current, live, gram=gram, token_mask=mask)[1]
-      total = m if total is None else jax.tree.map(jnp.add, total, m)
-    return total
+    return capture_lib.sum_moments(seg.run(i, current, live, gram=gram, token_mask=mask)[1]
+                                   for seg, live, mask in zip(segs, lives, token_masks))
 
   current = params
   masks: dict[str, jax.Array] = {}
