@@ -1,9 +1,11 @@
 """Fixtures and hooks: a per-session data directory, seeded parameter and gradient trees, and
-the ``slow`` marks that the test files cannot carry themselves (helpers: tests/helpers.py)."""
+the ``slow`` marks that the test files do not carry themselves: whole files, doctests, and the
+tests measured over 1.5 s, listed in tests/slow_tests.txt (helpers: tests/helpers.py)."""
 
 import atexit
 import functools
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -44,13 +46,31 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def _slow_test_ids() -> set[str]:
+  """The node ids of ``tests/slow_tests.txt`` (the tests measured over 1.5 s)."""
+  lines = pathlib.Path(__file__).with_name("slow_tests.txt").read_text().splitlines()
+  return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def _relative(path: pathlib.Path, root: pathlib.Path) -> str:
+  return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
 def pytest_collection_modifyitems(config, items):
+  slow_ids, files = _slow_test_ids(), set()
   for item in items:
-    path = item.path.relative_to(config.rootpath) if item.path.is_relative_to(
-        config.rootpath) else item.path
-    if path.as_posix() in SLOW_FILES or (isinstance(item, pytest.DoctestItem)
-                                         and item.name in SLOW_DOCTESTS):
+    path = _relative(item.path, config.rootpath)
+    files.add(path)
+    if (path in SLOW_FILES or item.nodeid in slow_ids
+        or (isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS)):
       item.add_marker(pytest.mark.slow)
+  # A file collected whole must hold every id listed for it (not one picked by node id).
+  picked = {_relative(pathlib.Path(arg.split("::")[0]).resolve(), config.rootpath)
+            for arg in config.args if "::" in arg}
+  stale = sorted(i for i in slow_ids - {item.nodeid for item in items}
+                 if i.split("::")[0] in files - picked)
+  if stale:
+    raise pytest.UsageError(f"tests/slow_tests.txt names tests that were not collected: {stale}")
   # The long items run first (the notebooks first of all): pytest-xdist hands the rest to
   # whichever worker is free, so both workers end on short tests instead of one waiting on a
   # notebook started last.
