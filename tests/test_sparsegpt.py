@@ -13,38 +13,31 @@ from impjax.models import minilm
 
 
 def reference(w_flax, h, sparsity=0.0, n=0, m=0, blocksize=4, damp=0.01):
-  """The reference implementation's loop (torch layout W (out, in)), exact prune counts."""
-  w = np.array(w_flax, np.float64).T
-  h = np.array(h, np.float64)
-  dead = np.diag(h) == 0
-  h[dead, dead] = 1
-  w[:, dead] = 0
-  h += damp * np.mean(np.diag(h)) * np.eye(len(h))
-  hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: inv(H) = U^T U
+  """Algorithm 1 of the paper one column at a time (torch layout W (out, in)): each column's
+  error reaches every later column at once (no lazy batches), and masks are chosen on the
+  updated weights every ``blocksize`` columns (every ``m`` for N:M), exact prune counts."""
+  h = np.asarray(h, np.float64)
+  dead = np.diag(h) == 0  # inputs never seen: weights zeroed, Hessian diagonal set to 1
+  w = np.where(dead[None], 0.0, np.array(w_flax, np.float64).T)
+  diagonal = np.where(dead, 1.0, np.diag(h))
+  h = h - np.diag(np.diag(h)) + np.diag(diagonal + damp * diagonal.mean())
+  u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: inv(H) = U^T U
   prune = np.zeros(w.shape, bool)
-  for i1 in range(0, w.shape[1], blocksize):
-    i2 = i1 + blocksize
-    w1, h1 = w[:, i1:i2].copy(), hinv[i1:i2, i1:i2]
-    q1, err1 = np.zeros_like(w1), np.zeros_like(w1)
-    mask1 = np.zeros(w1.shape, bool)
-    if not m:
-      tmp = (w1 ** 2 / np.diag(h1)[None] ** 2).reshape(-1)
-      k = int(np.floor(sparsity * tmp.size + 0.5))
-      mask1.reshape(-1)[np.argsort(tmp, kind="stable")[:k]] = True
-    for i in range(blocksize):
-      if m and i % m == 0:
-        tmp = w1[:, i:i + m] ** 2 / np.diag(h1)[None, i:i + m] ** 2
-        for r in range(w1.shape[0]):
-          mask1[r, i + np.argsort(tmp[r], kind="stable")[:m - n]] = True
-      col, d = w1[:, i], h1[i, i]
-      q = np.where(mask1[:, i], 0.0, col)
-      q1[:, i] = q
-      err = (col - q) / d
-      w1[:, i:] -= np.outer(err, h1[i, i:])
-      err1[:, i] = err
-    w[:, i1:i2] = q1
-    w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    prune[:, i1:i2] = mask1
+  for i in range(w.shape[1]):
+    if not m and i % blocksize == 0:
+      cols = slice(i, i + blocksize)
+      score = w[:, cols] ** 2 / np.diag(u)[cols] ** 2
+      k = int(np.floor(sparsity * score.size + 0.5))
+      chosen = np.zeros(score.size, bool)
+      chosen[np.argsort(score.reshape(-1), kind="stable")[:k]] = True
+      prune[:, cols] = chosen.reshape(score.shape)
+    if m and i % m == 0:
+      for r in range(w.shape[0]):
+        score = w[r, i:i + m] ** 2 / np.diag(u)[i:i + m] ** 2
+        prune[r, i + np.argsort(score, kind="stable")[:m - n]] = True
+    err = np.where(prune[:, i], w[:, i], 0.0) / u[i, i]
+    w[:, i:] -= np.outer(err, u[i, i:])
+    w[prune[:, i], i] = 0.0
   return w.T, ~prune.T
 
 

@@ -183,12 +183,17 @@ class _GroupedQueryBlock(nnx.Module):
     return x + self.down(jax.nn.gelu(gate) * up)
 
 
-def test_grouped_query_heads_are_kept_whole():
+def _grouped_query_problem():
+  """``(fn, params, x, structure)`` of the grouped-query block."""
   graphdef, state = nnx.split(_GroupedQueryBlock(nnx.Rngs(0)))
   params = nnx.to_pure_dict(state)
   fn = lambda p, x: nnx.merge(graphdef, p)(x)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 16))
-  s = structure.discover(fn, params, x)
+  return fn, params, x, structure.discover(fn, params, x)
+
+
+def test_grouped_query_heads_are_kept_whole():
+  fn, params, x, s = _grouped_query_problem()
   (heads,) = _by_kind(s, "heads")
   # A unit is one kv head with its two query heads (inner=2 along the query-head axis).
   assert heads.units == 2 and _members(heads) == [("kv/kernel", 1, 1, 1, None),
@@ -216,11 +221,7 @@ def _keep_half(s, stacked_layers=None):
 
 
 def test_compacted_grouped_query_block_matches_the_masked_one():
-  graphdef, state = nnx.split(_GroupedQueryBlock(nnx.Rngs(0)))
-  params = nnx.to_pure_dict(state)
-  fn = lambda p, x: nnx.merge(graphdef, p)(x)
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 16))
-  s = structure.discover(fn, params, x)
+  fn, params, x, s = _grouped_query_problem()
   keep = _keep_half(s)
   small, small_fn = structure.compact_model(fn, params, s, keep, x)
   assert small["q"]["kernel"].shape == (2, 16, 8) and small["kv"]["kernel"].shape == (2, 1, 16, 8)

@@ -131,11 +131,8 @@ class DecoderBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-  """Causal decoder-only LM: ids (batch, length) to logits (batch, length, vocab_size).
-
-  Attributes:
-    config: the :class:`LMConfig`.
-  """
+  """Causal decoder-only LM, set by ``config`` (an :class:`LMConfig`): ids (batch, length) to
+  logits (batch, length, vocab_size)."""
   config: LMConfig
 
   @nn.compact

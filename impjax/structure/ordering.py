@@ -85,9 +85,10 @@ def width_masks(s: Structure, params: tree_utils.Params, ranks: dict[str, jax.Ar
   Example:
     >>> import jax.numpy as jnp
     >>> from impjax import structure
+    >>> def mlp(p, x):
+    ...   return jnp.tanh(x @ p["w1"]) @ p["w2"]
     >>> params = {"w1": jnp.ones((2, 4)), "w2": jnp.ones((4, 1))}
-    >>> s = structure.discover(lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"], params,
-    ...                        jnp.ones((1, 2)))
+    >>> s = structure.discover(mlp, params, jnp.ones((1, 2)))
     >>> m = width_masks(s, params, {"hidden:w1": jnp.array([3, 0, 1, 2])}, 0.25)
     >>> m["w2"][:, 0].tolist()
     [False, True, False, False]
@@ -102,17 +103,8 @@ def width_masks(s: Structure, params: tree_utils.Params, ranks: dict[str, jax.Ar
 
 def at_width(s: Structure, params: tree_utils.Params, ranks: dict[str, jax.Array],
              width: Any) -> tree_utils.Params:
-  """``params`` with the units beyond ``width`` zeroed (deterministic; see :func:`width_masks`).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from impjax import structure
-    >>> params = {"w1": jnp.ones((1, 2)), "w2": jnp.ones((2, 1))}
-    >>> s = structure.discover(lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"], params,
-    ...                        jnp.ones((1, 1)))
-    >>> at_width(s, params, structure.unit_ranks(s, params), 0.5)["w2"].tolist()
-    [[1.0], [0.0]]
-  """
+  """``params`` with the units beyond ``width`` zeroed (deterministic; see :func:`width_masks`;
+  the module's example runs it)."""
   masks = width_masks(s, params, ranks, width)
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))),
                       params, masks)

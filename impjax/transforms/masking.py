@@ -66,6 +66,14 @@ class PruneState(NamedTuple):
   skipped_nonfinite: jax.Array
   nonfinite_streak: jax.Array
 
+  @classmethod
+  def start(cls, masks: tree_utils.Masks, inner_state: Any,
+            estimator_state: Any = ()) -> "PruneState":
+    """The state before the first step: no step counted or skipped."""
+    zero = jnp.zeros((), jnp.int32)
+    return cls(count=zero, masks=masks, inner_state=inner_state,
+               estimator_state=estimator_state, skipped_nonfinite=zero, nonfinite_streak=zero)
+
 
 def apply_masks(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_utils.Params:
   """Zeroes pruned weights: ``where(mask, w, 0)`` leaf by leaf (masks broadcast).
@@ -304,13 +312,8 @@ def prune(inner: optax.GradientTransformation, schedule: Schedule,
     the_plan = groups.plan(params, rules)
     start = (initial_masks(params, the_plan) if masks is None
              else _given_masks(masks, params, the_plan))
-    return PruneState(
-        count=jnp.zeros((), jnp.int32),
-        masks=store(start),
-        inner_state=inner.init(params),
-        estimator_state=() if est is None else est.init(params),
-        skipped_nonfinite=jnp.zeros((), jnp.int32),
-        nonfinite_streak=jnp.zeros((), jnp.int32))
+    return PruneState.start(store(start), inner.init(params),
+                            () if est is None else est.init(params))
 
   def update(updates, state, params=None, **extra_args):
     if params is None:

@@ -165,13 +165,9 @@ def sparse_training(inner: optax.GradientTransformation, sparsity: float, *,
     the_plan = plan_of(params)
     counts = select.layer_counts(params, the_plan, sparsity, distribution)
     key = jax.random.key(seed)
-    return masking.PruneState(
-        count=jnp.zeros((), jnp.int32),
-        masks=_initial_masks(params, the_plan, counts, key),
-        inner_state=inner.init(params),
-        estimator_state=jax.random.key_data(jax.random.fold_in(key, 1)),
-        skipped_nonfinite=jnp.zeros((), jnp.int32),
-        nonfinite_streak=jnp.zeros((), jnp.int32))
+    return masking.PruneState.start(_initial_masks(params, the_plan, counts, key),
+                                    inner.init(params),
+                                    jax.random.key_data(jax.random.fold_in(key, 1)))
 
   def update(updates, state, params=None, **extra_args):
     if params is None:
