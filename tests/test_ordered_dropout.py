@@ -16,6 +16,7 @@ import pytest
 import impjax as ij
 from impjax import slicing
 from impjax.transforms.ordered_dropout import FJORD_WIDTHS
+from impjax.transforms.ordered_dropout import ORDER_RULES
 from tests.helpers import build, random_tree
 
 
@@ -38,7 +39,7 @@ def test_num_kept_is_ceil_eager_and_jit():
 def test_unit_scores_and_ranks_match_numpy_eager_and_jit():
   params = mlp_params()
   imp = ij.scores.magnitude(params)
-  plan = ij.groups.plan(params, ij.transforms.ORDER_RULES)
+  plan = ij.groups.plan(params, ORDER_RULES)
   scores = ij.groups.unit_scores(imp, plan)
   jitted = jax.jit(lambda i: ij.select.unit_ranks(ij.groups.unit_scores(i, plan)))(imp)
   assert sorted(scores) == ["hidden/0", "hidden/1"]  # the head is never ordered

@@ -33,9 +33,7 @@ Example:
 
 from impjax.transforms.fake_quant import fake_quant
 from impjax.transforms.layer_drop import layer_drop
-from impjax.transforms.layer_samplers import IstState
 from impjax.transforms.layer_samplers import LayerSampler
-from impjax.transforms.layer_samplers import LisaState
 from impjax.transforms.layer_samplers import ist
 from impjax.transforms.layer_samplers import lisa
 from impjax.transforms.layer_sampling import LayerSampling
@@ -51,8 +49,6 @@ from impjax.transforms.masking import hold_masks
 from impjax.transforms.masking import prune
 from impjax.transforms.masking import sparsity_report
 from impjax.transforms.masking import straight_through
-from impjax.transforms.ordered_dropout import ORDER_RULES
-from impjax.transforms.sparse_training import sparse_training
 from impjax.transforms.ordered_dropout import ImportanceOrderState
 from impjax.transforms.ordered_dropout import at_width
 from impjax.transforms.ordered_dropout import fjord_width
@@ -62,16 +58,14 @@ from impjax.transforms.ordered_dropout import nested_width
 from impjax.transforms.ordered_dropout import ordered_dropout
 from impjax.transforms.ordered_dropout import width_masks
 from impjax.transforms.qat import quantized
+from impjax.transforms.sparse_training import sparse_training
 from impjax.transforms.targeted_dropout import targeted_dropout
 
 __all__ = [
     "ImportanceOrderState",
-    "IstState",
     "LayerSampler",
     "LayerSampling",
     "LayerSamplingState",
-    "LisaState",
-    "ORDER_RULES",
     "PruneState",
     "apply_masks",
     "at_width",
