@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from impjax import groups
+from impjax import models
 from impjax import pruning
 from impjax import structure
 from impjax import tree_utils
@@ -227,4 +228,31 @@ def test_compacted_grouped_query_block_matches_the_masked_one():
   assert small["q"]["kernel"].shape == (2, 16, 8) and small["kv"]["kernel"].shape == (2, 1, 16, 8)
   masks = groups.coupled_masks(params, s.prunable(), keep)
   masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
+  np.testing.assert_allclose(small_fn(small, x), fn(masked, x), atol=1e-5)
+
+
+def test_a_pooled_conv_feeding_a_dense_layer_is_a_group_and_kernel_windows_are_none():
+  """The digits CNN: 3x3 convs, 2x2 average pooling, a flatten and a dense layer. The last
+  conv's channels reach the dense kernel as the innermost factor of its flattened
+  (row, column, channel) input axis, through the pooling; no group holds a kernel's window."""
+  graphdef, state = nnx.split(models.CNN(1, (4, 6), 8, 3, image_size=8, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+  fn = lambda p, x: nnx.merge(graphdef, p)(x)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  s = structure.discover(fn, params, x)
+  assert {name: _members(s.groups[name]) for name in s.prunable()} == {
+      "hidden:convs/0/kernel": [("convs/0/bias", 0, 1, 1, None), ("convs/0/kernel", 3, 1, 1, None),
+                                ("convs/1/kernel", 2, 1, 1, None)],
+      "hidden:convs/1/kernel": [("convs/1/bias", 0, 1, 1, None), ("convs/1/kernel", 3, 1, 1, None),
+                                ("dense/kernel", 0, 1, 16, None)],
+      "hidden:dense/kernel": [("dense/bias", 0, 1, 1, None), ("dense/kernel", 1, 1, 1, None),
+                              ("head/kernel", 0, 1, 1, None)]}
+  windows = [(m.path, m.axis) for g in s.groups.values() for m in groups.members(g.coupled)
+             if m.path.startswith("convs/") and m.path.endswith("kernel") and m.axis in (0, 1)]
+  assert windows == []
+  keep = {name: np.arange(s.groups[name].units) % 2 == 0 for name in s.prunable()}
+  small, small_fn = structure.compact_model(fn, params, s, keep, x)
+  assert small["dense"]["kernel"].shape == (16 * 3, 4)
+  masks = groups.coupled_masks(params, {n: s.groups[n].coupled for n in keep}, keep)
+  masked = jax.tree.map(lambda p, m: p * m, params, masks)
   np.testing.assert_allclose(small_fn(small, x), fn(masked, x), atol=1e-5)

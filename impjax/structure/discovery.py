@@ -14,7 +14,7 @@ override:
   its query heads), ``query_groups`` (the index of a query head within its kv head's group),
   ``head_dim``, ``stream`` (the residual stream, across every block and tied
   embeddings) and ``fixed`` (axes of the model's input or output, or through an operation the
-  walk cannot follow, never pruned).
+  walk cannot follow, never pruned). A convolution kernel's spatial axes belong to no group.
 
 Reference: Fang et al. 2023, "DepGraph: Towards Any Structural Pruning".
 
@@ -149,8 +149,9 @@ def _kind(flags: frozenset, ancestors: set) -> str:
     return "query_groups"
   if flags & _ATTENTION or any(f in _ATTENTION for f, _ in ancestors):
     return "head_dim"
-  if {"produced", "consumed"} <= flags:
-    return "hidden"
+  if "produced" in flags and ("consumed" in flags
+                              or any(f == "consumed" for f, _ in ancestors)):
+    return "hidden"  # consumed itself, or as a factor of a flattened axis (conv -> dense)
   return "fixed"
 
 
@@ -176,7 +177,7 @@ def discover(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) ->
       flat = flatten_axis(graph, node)
       sizes = [graph.size(r) for r in flat]
       for pos, root in enumerate(flat):
-        if sizes[pos] == 1 or "layer" in graph.flags(root):
+        if sizes[pos] == 1 or graph.flags(root) & {"layer", "window"}:
           continue
         by_root.setdefault(root, []).append(groups_lib.Member(
             path, axis, inner=math.prod(sizes[pos + 1:]), outer=math.prod(sizes[:pos]),

@@ -4,7 +4,8 @@
 no memory) and walks its equations, primitive by primitive, merging the axes that share one
 index space: elementwise operands, ``broadcast_in_dim``, ``transpose``, ``reshape`` (runs of equal
 products; a split or merge makes a composite node), ``dot_general`` (contracting and batch
-dimensions), convolutions (feature dimensions), reductions, slices, concatenations, gathers, and
+dimensions), convolutions (feature dimensions), reductions, pooling (the axes outside its
+window), slices, concatenations, gathers, and
 the sub-jaxprs of ``jit``, ``remat``, custom derivatives, ``cond``, ``while`` and ``scan`` (an
 ``xs`` operand's leading axis is the layer axis; a carry stays one class through every
 iteration). A primitive it does not know makes its axes ``opaque``, never coupled by guess.
@@ -388,6 +389,8 @@ class _Walker:
         out[outs[1]] = rn[rhs[0]]
       else:
         self.opaque([ln[lhs[1]], rn[rhs[0]], rn[rhs[1]], out[outs[1]]])
+    for d in rhs[2:]:
+      g.flag(rn[d], "window")  # a kernel's spatial axis: never a unit of any group
     if rp is not None:
       g.flag(rn[rhs[0]], "produced")
       g.flag(rn[rhs[1]], "consumed")
@@ -441,6 +444,17 @@ class _Walker:
     sizes = eqn.params["slice_sizes"]
     full = {d for d in range(len(nodes)) if sizes[d] == self.graph.size(nodes[d])}
     self._slice_like(ctx, eqn, nodes, prov, is_in, full)
+
+  def _reduce_window_sum(self, ctx, k, eqn, ins):
+    """Pooling: the axes its window does not span pass through (a pooled conv's channels)."""
+    nodes, _, _ = ins[0]
+    p = eqn.params
+    full = {d for d in range(len(nodes))
+            if p["window_dimensions"][d] == p["window_strides"][d] == p["base_dilation"][d]
+            == p["window_dilation"][d] == 1 and tuple(p["padding"][d]) == (0, 0)}
+    self._slice_like(ctx, eqn, nodes, None, False, full)
+
+  _reduce_window_max = _reduce_window_min = _reduce_window_sum
 
   def _dynamic_update_slice(self, ctx, k, eqn, ins):
     (on, _, _), (un, _, _) = ins[:2]
