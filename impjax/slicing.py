@@ -1,14 +1,14 @@
 """Slicing trained models to a smaller width or depth: a really smaller model and its config.
 
-Width: every ordered layer's units are sorted by rank (0 = most important) — a unit's kernel
-column, its bias entry and the next layer's input rows move together, which preserves the
-function — and the first ``ceil(width * K)`` are kept, exactly the units that
-:func:`impjax.transforms.width_masks` keeps, so the sliced model computes what the full model
-computes at that width. The classifier output is never narrowed. Depth: the chosen blocks of
-a :class:`impjax.models.ResidualMLP` are kept, in order.
-
-The returned config holds the constructor arguments of the smaller model
-(``type(model)(**config, rngs=...)`` rebuilds its architecture).
+Width (any NNX model): the model's MLP-unit and head groups are read from its computation
+(:func:`impjax.structure.discover`); every group keeps the ``ceil(width * K)`` units of lowest
+rank with all their coupled entries — exactly the units that
+:func:`impjax.structure.width_masks` (and :func:`impjax.transforms.width_masks` for the rules'
+module ranks) keeps — so the sliced model computes what the full model computes at that width.
+The params are compacted (:func:`impjax.pruning.compact`) and the model's own class is rebuilt
+from the config that fits them (:func:`impjax.structure.fit_config`). The residual stream, the
+stem and the classifier are never narrowed. Depth: the chosen blocks of a
+:class:`impjax.models.ResidualMLP` are kept, in order.
 
 Reference: Horvath et al. 2021 (FjORD: extracting sub-models of any width); Fan et al. 2020
 (LayerDrop: pruning layers at inference); "sorting units by importance preserves the
@@ -18,9 +18,10 @@ Example:
   >>> import jax.numpy as jnp
   >>> from flax import nnx
   >>> from impjax import models, slicing
-  >>> model = models.MLP(64, (32, 32), 10, rngs=nnx.Rngs(0))
-  >>> small, config = slicing.slice_width(model, 0.25)
-  >>> config
+  >>> config = {"in_features": 64, "hidden": (32, 32), "num_classes": 10}
+  >>> model = models.MLP(**config, rngs=nnx.Rngs(0))
+  >>> small, small_config = slicing.slice_width(model, 0.25, jnp.ones((1, 64)), config=config)
+  >>> small_config
   {'in_features': 64, 'hidden': (8, 8), 'num_classes': 10}
   >>> small(jnp.ones((1, 64))).shape
   (1, 10)
@@ -28,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from flax import nnx
 import jax
@@ -36,7 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from impjax import models
-from impjax import select
+from impjax import pruning
+from impjax import structure
+
+_VARIABLES = (nnx.Param, nnx.BatchStat)
+"""The variables a slice compacts: the params and the normalization statistics."""
 
 
 def _params(model: nnx.Module) -> dict:
@@ -44,86 +49,71 @@ def _params(model: nnx.Module) -> dict:
   return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
-def _build(cls, config: dict, params: dict):
-  """``cls(**config)`` holding ``params``, built without running its initializers."""
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: cls(**config, rngs=nnx.Rngs(0))))
-  return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+def _constructor(cls, config: Any):
+  """``cls(**config)`` (a dict) or ``cls(config)``, as a thunk."""
+  if isinstance(config, dict):
+    return lambda: cls(**config, rngs=nnx.Rngs(0))
+  return lambda: cls(config, rngs=nnx.Rngs(0))
 
 
-def _kept(ranks: dict[str, jax.Array], module: str, num_units: int, width: float) -> np.ndarray:
-  """Indices of the kept units of ``module``, most important first."""
-  rank = np.asarray(ranks[module]) if module in ranks else np.arange(num_units)
-  if rank.shape != (num_units,):
-    raise ValueError(f"ranks['{module}'] has shape {rank.shape}, but the module has "
-                     f"{num_units} units.")
-  return np.argsort(rank, kind="stable")[:select.num_kept(width, num_units)]
+def _build(cls, config: Any, variables: dict, rest: Any = None):
+  """The model of ``config`` holding ``variables`` (and the other state ``rest``), built
+  without running its initializers."""
+  graphdef = nnx.graphdef(nnx.eval_shape(_constructor(cls, config)))
+  states = (jax.tree.map(jnp.asarray, variables),) + (() if rest is None else (rest,))
+  return nnx.merge(graphdef, *states)
 
 
-def _slice_chain(layers: dict, name: str, ranks: dict, width: float) -> tuple[dict, np.ndarray]:
-  """Slices a chain of layers (kernel ``[..., in, out]``, bias ``[out]``): each keeps its top
-  output units and the inputs its predecessor kept. Returns the layers and the last kept units."""
-  sliced, previous = {}, None
-  for layer in range(len(layers)):
-    kernel, bias = layers[layer]["kernel"], layers[layer]["bias"]
-    keep = _kept(ranks, f"{name}/{layer}", kernel.shape[-1], width)
-    if previous is not None:
-      kernel = jnp.take(kernel, previous, axis=-2)
-    sliced[layer] = {"kernel": kernel[..., keep], "bias": bias[keep]}
-    previous = keep
-  return sliced, previous
+def _group_ranks(s: structure.Structure, ranks: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """``ranks`` keyed by group name; a module path key names the group its kernel produces."""
+  prunable = s.prunable()
+  out = {}
+  for key, rank in ranks.items():
+    names = [key] if key in prunable else [
+        n for n in prunable if n.split(":", 1)[1] == f"{key}/kernel"]
+    if len(names) != 1:
+      raise ValueError(f"ranks['{key}'] names no group of the model; its groups: "
+                       f"{sorted(prunable)}.")
+    out[names[0]] = jnp.asarray(rank)
+  return out
 
 
-def _slice_mlp(model: models.MLP, width: float, ranks: dict) -> tuple[models.MLP, dict]:
-  params = _params(model)
-  hidden, previous = _slice_chain(params["hidden"], "hidden", ranks, width)
-  head = dict(params["head"], kernel=params["head"]["kernel"][previous])
-  config = {"in_features": int(params["hidden"][0]["kernel"].shape[0]),
-            "hidden": tuple(len(hidden[i]["bias"]) for i in range(len(hidden))),
-            "num_classes": int(head["kernel"].shape[-1])}
-  return _build(models.MLP, config, {"hidden": hidden, "head": head}), config
-
-
-def _slice_cnn(model: models.CNN, width: float, ranks: dict) -> tuple[models.CNN, dict]:
-  params = _params(model)
-  convs, previous = _slice_chain(params["convs"], "convs", ranks, width)
-  kernel = params["dense"]["kernel"]
-  channels = params["convs"][len(convs) - 1]["kernel"].shape[-1]
-  positions = kernel.shape[0] // channels  # inputs are flattened (h, w, channel)
-  keep_dense = _kept(ranks, "dense", kernel.shape[-1], width)
-  kernel = kernel.reshape(positions, channels, -1)[:, previous].reshape(
-      positions * len(previous), -1)[:, keep_dense]
-  dense = {"kernel": kernel, "bias": params["dense"]["bias"][keep_dense]}
-  head = dict(params["head"], kernel=params["head"]["kernel"][keep_dense])
-  config = {"in_channels": int(params["convs"][0]["kernel"].shape[2]),
-            "channels": tuple(len(convs[i]["bias"]) for i in range(len(convs))),
-            "dense": len(keep_dense), "num_classes": int(head["kernel"].shape[-1]),
-            "image_size": 2 * int(round(np.sqrt(positions)))}
-  return _build(models.CNN, config, {"convs": convs, "dense": dense, "head": head}), config
-
-
-def slice_width(model: nnx.Module, width: float,
-                ranks: dict[str, jax.Array] | None = None) -> tuple[nnx.Module, dict]:
-  """A copy of ``model`` with every ordered layer cut to ``ceil(width * K)`` units.
+def slice_width(model: nnx.Module, width: float, *inputs: Any, config: Any,
+                ranks: dict[str, jax.Array] | None = None) -> tuple[nnx.Module, Any]:
+  """A copy of ``model`` with every MLP-unit and head group cut to ``ceil(width * K)`` units.
 
   Args:
-    model: an :class:`impjax.models.MLP` (ordered: ``hidden/i``) or
-      :class:`impjax.models.CNN` (ordered: ``convs/i`` and ``dense``).
+    model: an NNX module built as ``type(model)(**config, rngs=...)`` (``config`` a dict) or
+      ``type(model)(config, rngs=...)`` (a dataclass or NamedTuple config).
     width: fraction of units kept, in (0, 1].
-    ranks: ``{module path: rank per unit}`` (e.g. ordered dropout's); missing modules keep
-      the index order. The kept units are stored most important first, so the smaller model
-      is again ordered by index.
+    *inputs: example inputs of ``model`` (arrays or ``jax.ShapeDtypeStruct``).
+    config: the config ``model`` was built from.
+    ranks: ``{group name or module path: rank per unit}`` (0 = most important), e.g.
+      :func:`impjax.structure.unit_ranks` or ordered dropout's; a module path (``hidden/0``)
+      names the group of its kernel's output units. Missing groups keep the index order.
+      Kept units stay in index order.
 
   Returns:
-    ``(smaller model, its constructor config)``.
+    ``(smaller model, its config)``.
+
+  Raises:
+    ValueError: for a width outside (0, 1], a rank key that names no group, or widths the
+      config cannot express (from :func:`impjax.structure.fit_config`).
   """
   if not 0.0 < width <= 1.0:
     raise ValueError(f"width must lie in (0, 1], got {width}.")
-  ranks = {} if ranks is None else ranks
-  if isinstance(model, models.MLP):
-    return _slice_mlp(model, width, ranks)
-  if isinstance(model, models.CNN):
-    return _slice_cnn(model, width, ranks)
-  raise ValueError(f"slice_width supports impjax MLP and CNN models, got {type(model).__name__}.")
+  graphdef, variables, rest = nnx.split(model, _VARIABLES, ...)
+  variables = nnx.to_pure_dict(variables)
+  fn = lambda v, *x: nnx.merge(graphdef, v, rest)(*x)
+  s = structure.discover(fn, variables, *inputs)
+  order = structure.unit_ranks(s, variables)
+  order.update(_group_ranks(s, ranks or {}))
+  keep = structure.keep_at_width(order, width)
+  small = pruning.compact(variables, {name: s.groups[name].coupled for name in keep}, keep)
+  abstract = lambda c: nnx.to_pure_dict(nnx.state(
+      nnx.eval_shape(_constructor(type(model), c)), _VARIABLES))
+  fitted = structure.fit_config(config, abstract, small)
+  return _build(type(model), fitted, small, rest), fitted
 
 
 def slice_depth(model: models.ResidualMLP,

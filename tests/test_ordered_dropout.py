@@ -17,7 +17,7 @@ import impjax as ij
 from impjax import slicing
 from impjax.transforms.ordered_dropout import FJORD_WIDTHS
 from impjax.transforms.ordered_dropout import ORDER_RULES
-from tests.helpers import build, random_tree
+from tests.helpers import random_tree
 
 
 def mlp_params(seed=0, widths=(12, 10, 8, 3)):
@@ -76,25 +76,29 @@ def test_width_masks_keep_the_best_ranked_prefix_eager_and_jit():
 def test_sliced_model_equals_masked_model(kind):
   rng = np.random.default_rng(3)
   if kind == "mlp":
-    model = nnx.merge(*build(ij.models.MLP, 64, (16, 12), 10))
-    units = {"hidden/0": 16, "hidden/1": 12}
+    config = {"in_features": 64, "hidden": (16, 12), "num_classes": 10}
+    model, units = ij.models.MLP(**config, rngs=nnx.Rngs(0)), {"hidden/0": 16, "hidden/1": 12}
+    sliced = lambda width: {"in_features": 64, "num_classes": 10,
+                            "hidden": (math.ceil(16 * width), math.ceil(12 * width))}
   else:
-    model = nnx.merge(*build(ij.models.CNN, 1, (6, 8), 12, 10))
+    config = {"in_channels": 1, "channels": (6, 8), "dense": 12, "num_classes": 10,
+              "image_size": 8}
+    model = ij.models.CNN(**config, rngs=nnx.Rngs(0))
     units = {"convs/0": 6, "convs/1": 8, "dense": 12}
+    sliced = lambda width: dict(config, channels=(math.ceil(6 * width), math.ceil(8 * width)),
+                                dense=math.ceil(12 * width))
   ranks = {m: jnp.asarray(rng.permutation(n), jnp.int32) for m, n in units.items()}
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   x = jnp.asarray(rng.normal(size=(5, 8, 8, 1)), jnp.float32)
   for width in (0.3, 1.0):
-    small, config = slicing.slice_width(model, width, ranks)
+    small, small_config = slicing.slice_width(model, width, x, config=config, ranks=ranks)
+    assert small_config == sliced(width)
     masked = nnx.merge(graphdef, ij.transforms.at_width(params, ranks, width))(x)
     np.testing.assert_allclose(small(x), masked, rtol=1e-5, atol=1e-5)
     assert ij.models.num_params(small) < ij.models.num_params(model) or width == 1.0
-    rebuilt = nnx.eval_shape(lambda: type(model)(**config, rngs=nnx.Rngs(1)))
+    rebuilt = nnx.eval_shape(lambda: type(model)(**small_config, rngs=nnx.Rngs(1)))
     chex.assert_trees_all_equal_shapes(nnx.state(rebuilt, nnx.Param), nnx.state(small, nnx.Param))
-  assert config == ({"in_features": 64, "hidden": (16, 12), "num_classes": 10} if kind == "mlp"
-                    else {"in_channels": 1, "channels": (6, 8), "dense": 12, "num_classes": 10,
-                          "image_size": 8})
 
 
 def test_fjord_and_nested_width_distributions():
@@ -210,6 +214,11 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match="hidden/0"):
     ij.transforms.index_ranks(odd)
   with pytest.raises(ValueError, match="width"):
-    slicing.slice_width(nnx.eval_shape(lambda: ij.models.MLP(4, (4,), 2, rngs=nnx.Rngs(0))), 0.0)
+    slicing.slice_width(nnx.eval_shape(lambda: ij.models.MLP(4, (4,), 2, rngs=nnx.Rngs(0))), 0.0,
+                        jnp.ones((1, 4)), config={"in_features": 4, "hidden": (4,), "num_classes": 2})
+  model = ij.models.MLP(4, (4,), 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="names no group"):
+    slicing.slice_width(model, 0.5, jnp.ones((1, 4)), ranks={"head": jnp.arange(2)},
+                        config={"in_features": 4, "hidden": (4,), "num_classes": 2})
   with pytest.raises(ValueError, match="rho"):
     ij.transforms.nested_width(jax.random.key(0), 0.0, 4)

@@ -2,12 +2,15 @@
 width keeps ceil(width * units) units of each group and layer with all their coupled entries,
 the compacted model at that width equals the masked one, and ordered dropout trains through it."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from impjax import groups
+from impjax import slicing
 from impjax import structure
 from impjax import transforms
 from impjax import tree_utils
@@ -81,3 +84,18 @@ def test_ordered_dropout_over_a_structure_trains_the_sampled_width():
     transforms.ordered_dropout(loss, rules=[], structure=s)
   with pytest.raises(ValueError, match="does not have"):
     structure.width_masks(s, m.params, {"hidden:nowhere": jnp.arange(3)}, 0.5)
+
+
+@pytest.mark.parametrize("name", ["gemma", "minilm"])
+def test_slice_width_rebuilds_an_nnx_zoo_model_that_equals_it_masked(name):
+  """The zoo's NNX members, sliced by their importance ranks: the user's class rebuilt at the
+  config fit_config finds, computing what the model computes at that width."""
+  m, s = zoo_model(name)
+  ranks = structure.unit_ranks(s, m.params, jax.tree.map(jnp.abs, m.params))
+  small, config = slicing.slice_width(m.model, 0.5, *m.inputs, config=m.config, ranks=ranks)
+  expected = {"gemma": dict(num_heads=4, num_kv_heads=2, mlp_dim=20),
+              "minilm": dict(num_heads=(2, 2), intermediate_sizes=(20, 20))}[name]
+  assert config == dataclasses.replace(m.config, **expected)
+  assert isinstance(small, type(m.model))
+  narrow = structure.at_width(s, m.params, ranks, 0.5)
+  np.testing.assert_allclose(small(*m.inputs), jax.jit(m.apply)(narrow, *m.inputs), atol=1e-5)

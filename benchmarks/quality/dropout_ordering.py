@@ -185,6 +185,8 @@ def ordered_variants(graphdef, widths, reorder_every):
 
 def run_ordered(config, train_data, test_data, num_classes, steps, widths, reorder_every):
   graphdef, params = harness.init_model(config, train_data, num_classes)
+  mlp_config = {"in_features": int(np.prod(train_data["image"][0].shape)),
+                "hidden": tuple(config.model.mlp_hidden), "num_classes": num_classes}
   variants = ordered_variants(graphdef, widths, reorder_every)
   metrics = {}
   for name, (order, loss) in variants.items():
@@ -192,7 +194,8 @@ def run_ordered(config, train_data, test_data, num_classes, steps, widths, reord
         config, graphdef, params, train_data, steps,
         lambda p, key, batch, ranks, loss=loss: loss(p, key, ranks, batch), extra=order)
     model = nnx.merge(graphdef, trained)
-    metrics[name] = [model_metrics(slicing.slice_width(model, w, order_state.ranks)[0],
+    metrics[name] = [model_metrics(slicing.slice_width(
+        model, w, test_data["image"][:1], config=mlp_config, ranks=order_state.ranks)[0],
                                    test_data) for w in widths]
   rows = []
   hidden = tuple(config.model.mlp_hidden)

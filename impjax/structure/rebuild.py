@@ -39,14 +39,18 @@ _MAX_CANDIDATES = 4096
 
 
 def _fields(config: Any) -> dict[str, Any]:
+  if isinstance(config, dict):
+    return dict(config)
   if dataclasses.is_dataclass(config):
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
   if hasattr(config, "_asdict"):
     return dict(config._asdict())
-  raise TypeError(f"fit_config needs a dataclass or NamedTuple config, got {type(config)}.")
+  raise TypeError(f"fit_config needs a dataclass, NamedTuple or dict config, got {type(config)}.")
 
 
 def _replace(config: Any, changes: dict[str, Any]) -> Any:
+  if isinstance(config, dict):
+    return {**config, **changes}
   if dataclasses.is_dataclass(config):
     return dataclasses.replace(config, **changes)
   return config._replace(**changes)
@@ -62,7 +66,8 @@ def fit_config(config: Any, abstract_params: Callable[[Any], Any], params: tree_
   shapes of ``params``.
 
   Args:
-    config: the model's config (a dataclass or NamedTuple), as the traced params were built.
+    config: the model's config (a dataclass, a NamedTuple, or a dict of constructor
+      arguments), as the traced params were built.
     abstract_params: ``config -> params`` of the model built from it, shapes only (e.g.
       ``lambda c: jax.eval_shape(lambda: nnx.to_pure_dict(nnx.state(Model(c, rngs=...),
       nnx.Param)))``, or the ``"params"`` of ``jax.eval_shape(Model(c).init, key, x)``).
@@ -103,13 +108,15 @@ def fit_config(config: Any, abstract_params: Callable[[Any], Any], params: tree_
       if scaled:
         slots.append((name, i if isinstance(value, tuple) else None, scaled))
 
+  fields = _fields(config)
+
   def build(choice):
     changes = {}
     for (name, index, _), v in choice:
       if index is None:
         changes[name] = v
       else:
-        current = list(changes.get(name, getattr(config, name)))
+        current = list(changes.get(name, fields[name]))
         current[index] = v
         changes[name] = tuple(current)
     return _replace(config, changes)
