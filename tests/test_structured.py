@@ -29,7 +29,7 @@ def setup(seed=0):
 def test_unit_scores_against_loops():
   _, params, _, _ = setup()
   imp = scores.magnitude(params)
-  coupled = pruning.encoder_groups(CONFIG)
+  coupled = minilm.encoder_groups(CONFIG)
   got = jax.jit(lambda t: groups.coupled_scores(t, coupled["layers/1/mlp"]))(imp)
   layer = jax.tree.map(np.asarray, params["layers"][1])
   expected = [np.abs(layer["intermediate"]["kernel"][:, u]).sum()
@@ -53,13 +53,13 @@ def test_masked_model_equals_gated_model_and_compacted_model():
   model, params, ids, mask = setup()
   keep = {"layers/0/mlp": np.arange(12) % 3 != 0, "layers/1/mlp": np.arange(10) < 4,
           "layers/0/heads": np.array([True, False, True]), "layers/1/heads": np.array([False, True])}
-  masks = groups.coupled_masks(params, pruning.encoder_groups(CONFIG), keep)
+  masks = groups.coupled_masks(params, minilm.encoder_groups(CONFIG), keep)
   masked = minilm.from_params(CONFIG, transforms.apply_masks(params, masks))
   gated = model.encode(ids, mask, head_gates=[jnp.asarray(keep[f"layers/{i}/heads"], jnp.float32)
                                               for i in range(2)],
                        unit_gates=[jnp.asarray(keep[f"layers/{i}/mlp"], jnp.float32)
                                    for i in range(2)])
-  small, config = pruning.compact_encoder(masked, keep)
+  small, config = minilm.compact_encoder(masked, keep)
   assert config.num_heads == (2, 1) and config.intermediate_sizes == (8, 4)
   np.testing.assert_allclose(masked.encode(ids, mask), gated, atol=1e-5)
   np.testing.assert_allclose(small.encode(ids, mask), masked.encode(ids, mask), atol=1e-5)
@@ -70,11 +70,11 @@ def test_masked_model_equals_gated_model_and_compacted_model():
 
 def test_compact_errors_name_the_group():
   model, params, _, _ = setup()
-  coupled = pruning.encoder_groups(CONFIG)
+  coupled = minilm.encoder_groups(CONFIG)
   with pytest.raises(ValueError, match="layers/0/mlp"):
     pruning.compact(params, coupled, {**{k: None for k in coupled}, "layers/0/mlp": np.ones(5)})
   with pytest.raises(ValueError, match="layers/9/mlp"):
-    pruning.compact_encoder(model, {"layers/9/mlp": np.ones(3, bool)})
+    minilm.compact_encoder(model, {"layers/9/mlp": np.ones(3, bool)})
   with pytest.raises(ValueError, match="not a leaf"):
     groups.coupled_scores(params, groups.Coupled((("layers/0/nope/kernel", 1),)))
 

@@ -16,8 +16,8 @@ from impjax import select
 from impjax import structure
 from impjax import transforms
 from impjax import tree_utils
+from impjax.models import minilm
 from impjax.models import zoo
-from impjax.pruning.structured import encoder_groups
 from impjax.transforms.targeted_dropout import targeted_unit_masks
 from tests.helpers import zoo_model
 
@@ -95,15 +95,30 @@ def _resnet_expected(c):
 
 
 def _minilm_expected(c):
-  """MiniLM's hand-written groups (:func:`encoder_groups`)."""
+  """Per layer: an MLP unit's intermediate column, bias entry and output row; a head's
+  ``head_dim`` columns of the query, key and value kernels and biases and rows of
+  ``attention_out``."""
   out = {"hidden": [], "heads": []}
-  for name, coupled in encoder_groups(c).items():
-    i = int(name.split("/")[1])
-    kind, units = (("hidden", c.intermediate_sizes[i]) if name.endswith("mlp")
-                   else ("heads", c.num_heads[i]))
-    out[kind].append((units, sorted((m.path, m.axis, m.inner, m.outer, m.layer)
-                                    for m in groups.members(coupled))))
+  for i in range(c.num_layers):
+    p = f"layers/{i}"
+    out["hidden"].append((c.intermediate_sizes[i], [
+        _m(f"{p}/intermediate/kernel", 1), _m(f"{p}/intermediate/bias", 0),
+        _m(f"{p}/output/kernel", 0)]))
+    out["heads"].append((c.num_heads[i], [
+        _m(f"{p}/{n}/{leaf}", 1 if leaf == "kernel" else 0, inner=c.head_dim)
+        for n in ("query", "key", "value") for leaf in ("kernel", "bias")]
+        + [_m(f"{p}/attention_out/kernel", 0, inner=c.head_dim)]))
   return out
+
+
+def test_minilms_named_groups_are_its_discovered_ones():
+  member, found = zoo_model("minilm")
+  named = minilm.encoder_groups(member.config)
+  assert sorted(named) == sorted(f"layers/{i}/{kind}" for i in range(member.config.num_layers)
+                                 for kind in ("mlp", "heads"))
+  entries = lambda c: sorted((m.path, m.axis, m.inner, m.outer, m.layer) for m in groups.members(c))
+  assert (sorted(entries(c) for c in named.values())
+          == sorted(entries(c) for c in found.prunable().values()))
 
 
 def _expected(member):

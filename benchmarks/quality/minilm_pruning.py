@@ -120,7 +120,7 @@ def label_taylor_mlp_scores(model, tok, pairs, batch_size):
 
   importance = estimators.calibrated_importance(scores.criterion("taylor"), params, batches,
                                                 grad_fn, total=len(batches), progress=False)
-  coupled = pruning.encoder_groups(model.config)
+  coupled = minilm.encoder_groups(model.config)
   return {k: groups.coupled_scores(importance, g) for k, g in coupled.items()
           if k.endswith("mlp")}
 
@@ -129,17 +129,17 @@ def magnitude_scores(model, kind):
   """``|w|`` summed over each unit of the encoder's ``kind`` groups (``mlp`` or ``heads``)."""
   magnitude = scores.magnitude(harness.params_of(model))
   return {k: groups.coupled_scores(magnitude, g)
-          for k, g in pruning.encoder_groups(model.config).items() if k.endswith(kind)}
+          for k, g in minilm.encoder_groups(model.config).items() if k.endswith(kind)}
 
 
 def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"):
   """Masked and compacted models keeping the top ``keep_counts[name]`` units of each group."""
   params = harness.params_of(model)
   keep = {k: pruning.keep_top(unit_scores[k], keep_counts[k]) for k in unit_scores}
-  coupled = pruning.encoder_groups(model.config)
+  coupled = minilm.encoder_groups(model.config)
   masks = groups.coupled_masks(params, {k: coupled[k] for k in keep}, keep)
   masked = minilm.from_params(model.config, transforms.apply_masks(params, masks))
-  small, config = pruning.compact_encoder(masked, keep)
+  small, config = minilm.compact_encoder(masked, keep)
   row = evaluate(small)
   probe = evaluate.timing_batch
   diff = float(np.abs(np.asarray(masked.encode(probe["ids"][:16], probe["mask"][:16]))

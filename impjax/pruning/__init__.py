@@ -5,7 +5,7 @@ re-scored rounds, structured pruning of coupled units and heads, and compaction.
 - ``dsnot``: DSnoT's prune-and-grow refinement of a one-shot mask, without training.
 - ``layerwise``: layer-sequential magnitude / Wanda / SparseGPT over MiniLM's layers.
 - ``rounds``: pruning to a target in re-scored cuts (:func:`prune_in_rounds`).
-- ``structured``: MiniLM's coupled groups, entropy-Taylor unit scores, AMP width search.
+- ``structured``: entropy-Taylor unit scores of MiniLM's groups, AMP width search.
 - ``compact``: slicing kept units out of the arrays (a smaller model, same outputs).
 - ``dare``: DARE's random drop and rescale of fine-tuning deltas, and importance-scored
   delta pruning (:func:`dare`, :func:`prune_deltas`).
@@ -20,7 +20,6 @@ Example:
 """
 
 from impjax.pruning.compact import compact
-from impjax.pruning.compact import compact_encoder
 from impjax.pruning.dare import dare
 from impjax.pruning.dare import deltas
 from impjax.pruning.dare import prune_deltas
@@ -34,7 +33,6 @@ from impjax.pruning.sparsegpt import inverse_hessian_factor
 from impjax.pruning.sparsegpt import reconstruction_error
 from impjax.pruning.sparsegpt import sparsegpt
 from impjax.pruning.structured import amp_search
-from impjax.pruning.structured import encoder_groups
 from impjax.pruning.structured import entropy_taylor_scores
 from impjax.pruning.structured import keep_top
 from impjax.pruning.structured import search_keep
@@ -43,11 +41,9 @@ __all__ = [
     "METHODS",
     "amp_search",
     "compact",
-    "compact_encoder",
     "dare",
     "deltas",
     "dsnot",
-    "encoder_groups",
     "entropy_taylor_scores",
     "inverse_hessian_factor",
     "keep_top",

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
 from impjax import tree_utils
-from impjax.models import minilm
 from impjax import groups
-from impjax.pruning.structured import encoder_groups
 
 
 def compact(params: tree_utils.Params, coupled: dict[str, groups.Coupled], keep: dict[str,
@@ -86,30 +83,3 @@ def member_index(keep: Any, m: groups.Member) -> np.ndarray:
   if keep.ndim == 1:
     return np.flatnonzero(entries)
   return np.stack([np.flatnonzero(row) for row in entries])
-
-
-def compact_encoder(model: minilm.MiniLM, keep: dict[str, Any]
-                    ) -> tuple[minilm.MiniLM, minilm.MiniLMConfig]:
-  """A smaller :class:`MiniLM` and its config without the dropped heads and MLP units.
-
-  Args:
-    model: the (dense or masked) encoder.
-    keep: per-unit keep vectors keyed like :func:`encoder_groups` (``layers/i/mlp``,
-      ``layers/i/heads``); absent groups are kept whole.
-
-  Example:
-    >>> from impjax.models import MiniLMConfig, MiniLM
-    >>> c = MiniLMConfig(vocab_size=8, hidden_size=4, num_heads=(2,), head_dim=2,
-    ...                  intermediate_sizes=(6,), max_position=8)
-    >>> m = MiniLM(c, rngs=nnx.Rngs(0))
-    >>> small, config = compact_encoder(m, {"layers/0/heads": np.array([True, False])})
-    >>> config.num_heads, config.intermediate_sizes
-    ((1,), (6,))
-  """
-  groups = {k: v for k, v in encoder_groups(model.config).items() if k in keep}
-  unknown = sorted(set(keep) - set(groups))
-  if unknown:
-    raise ValueError(f"keep has groups the encoder does not: {unknown}.")
-  params = compact(nnx.to_pure_dict(nnx.state(model, nnx.Param)), groups, keep)
-  config = minilm.config_from_params(params, model.config)
-  return minilm.from_params(config, params), config

@@ -1,9 +1,7 @@
 """Structured pruning of coupled units: MLP hidden units and attention heads, AMP search.
 
-:func:`encoder_groups` names MiniLM's coupled groups (:class:`impjax.groups.Coupled`): an MLP
-hidden unit spans a column of ``W_in``, its bias entry and a row of ``W_out``; an attention head
-spans ``head_dim`` columns of the query, key and value kernels (and biases) and ``head_dim``
-rows of the output kernel. Element importances reduce to one score per unit
+Coupled groups (:class:`impjax.groups.Coupled`, e.g. MiniLM's from
+:func:`impjax.models.minilm.encoder_groups`) reduce element importances to one score per unit
 (:func:`impjax.groups.coupled_scores`); kept units expand back to element masks
 (:func:`impjax.groups.coupled_masks`), and :func:`impjax.pruning.compact` slices them out for
 real.
@@ -31,31 +29,10 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from impjax import groups
 from impjax import scores
 from impjax import select
 from impjax import tree_utils
 from impjax.flax import capture
-
-
-def encoder_groups(config: Any) -> dict[str, groups.Coupled]:
-  """``{"layers/i/mlp": ..., "layers/i/heads": ...}`` for a :class:`impjax.models.MiniLM`.
-
-  Example:
-    >>> from impjax.models import MiniLMConfig
-    >>> g = encoder_groups(MiniLMConfig())
-    >>> len(g), g["layers/0/heads"].size, g["layers/5/mlp"].members[0]
-    (12, 32, ('layers/5/intermediate/kernel', 1))
-  """
-  out = {}
-  for i in range(config.num_layers):
-    p = f"layers/{i}"
-    out[f"{p}/mlp"] = groups.Coupled(((f"{p}/intermediate/kernel", 1), (f"{p}/intermediate/bias", 0),
-                               (f"{p}/output/kernel", 0)))
-    qkv = tuple(m for n in ("query", "key", "value")
-                for m in ((f"{p}/{n}/kernel", 1), (f"{p}/{n}/bias", 0)))
-    out[f"{p}/heads"] = groups.Coupled(qkv + ((f"{p}/attention_out/kernel", 0),), config.head_dim)
-  return out
 
 
 def keep_top(scores: jax.Array, k: int) -> jax.Array:
@@ -139,7 +116,7 @@ def entropy_taylor_scores(model: Any, batches: Iterable[dict], kind: str = "mlp"
     progress: show a progress bar.
 
   Returns:
-    ``{"layers/i/mlp" (or heads): scores}`` keyed like :func:`encoder_groups`.
+    ``{"layers/i/mlp" (or heads): scores}`` keyed like :func:`impjax.models.minilm.encoder_groups`.
 
   Example:
     >>> from impjax.models import minilm

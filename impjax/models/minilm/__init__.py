@@ -1,5 +1,6 @@
-"""MiniLM (BERT-style encoder) in Flax NNX: the model (``model``) and its loading from local
-safetensors and tokenizers files (``loading``).
+"""MiniLM (BERT-style encoder) in Flax NNX: the model (``model``), its loading from local
+safetensors and tokenizers files (``loading``), and its discovered MLP-unit and head groups
+and compaction (``compaction``).
 
 Example:
   >>> from impjax.models import minilm
@@ -8,6 +9,8 @@ Example:
   (6, 384, 384)
 """
 
+from impjax.models.minilm.compaction import compact_encoder
+from impjax.models.minilm.compaction import encoder_groups
 from impjax.models.minilm.loading import embed_texts
 from impjax.models.minilm.loading import from_params
 from impjax.models.minilm.loading import load
@@ -30,10 +33,12 @@ __all__ = [
     "EncoderLayer",
     "MiniLM",
     "MiniLMConfig",
+    "compact_encoder",
     "config_from_json",
     "config_from_params",
     "embed_texts",
     "encoder_flops",
+    "encoder_groups",
     "from_params",
     "load",
     "load_pretrained",
