@@ -222,3 +222,38 @@ def test_bad_input_is_named():
                         config={"in_features": 4, "hidden": (4,), "num_classes": 2})
   with pytest.raises(ValueError, match="rho"):
     ij.transforms.nested_width(jax.random.key(0), 0.0, 4)
+
+
+class _ConvBatchNormNet(nnx.Module):
+  """A user's NNX model: conv, BatchNorm (trained statistics), dropout state, a dense pair."""
+
+  def __init__(self, channels: int, hidden: int, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, channels, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(channels, use_running_average=True, rngs=rngs)
+    self.drop = nnx.Dropout(0.1, deterministic=True, rngs=rngs)
+    self.fc = nnx.Linear(channels, hidden, rngs=rngs)
+    self.out = nnx.Linear(hidden, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = jax.nn.relu(self.bn(self.conv(x)))
+    return self.out(jax.nn.relu(self.fc(self.drop(x.mean((1, 2))))))
+
+
+def test_slice_width_takes_a_users_batchnorm_model_with_its_statistics():
+  config = {"channels": 8, "hidden": 12}
+  model = _ConvBatchNormNet(**config, rngs=nnx.Rngs(0))
+  model.bn.mean[...] = 0.3 * jax.random.normal(jax.random.key(1), (8,))
+  model.bn.var[...] = jax.random.uniform(jax.random.key(2), (8,), minval=0.5, maxval=1.5)
+  x = jax.random.normal(jax.random.key(3), (2, 6, 6, 3))
+  ranks = {"conv": jnp.array([7, 0, 6, 1, 5, 2, 4, 3]), "fc": jnp.arange(12)[::-1]}
+  small, small_config = slicing.slice_width(model, 0.5, x, config=config, ranks=ranks)
+  assert small_config == {"channels": 4, "hidden": 6}
+  kept = np.array([1, 3, 5, 7])  # the channels of rank < 4, in index order
+  np.testing.assert_array_equal(small.bn.mean[...], model.bn.mean[...][kept])
+  np.testing.assert_array_equal(small.bn.var[...], model.bn.var[...][kept])
+  np.testing.assert_array_equal(small.fc.kernel[...], model.fc.kernel[...][kept][:, 6:])
+  # The model at that width, by hand: dropped channels and units contribute nothing.
+  h = jax.nn.relu(model.bn(model.conv(x))).mean((1, 2))[:, kept]
+  h = jax.nn.relu(h @ model.fc.kernel[...][kept][:, 6:] + model.fc.bias[...][6:])
+  expected = h @ model.out.kernel[...][6:] + model.out.bias[...]
+  np.testing.assert_allclose(small(x), expected, rtol=1e-5, atol=1e-5)
