@@ -336,3 +336,29 @@ def test_prune_refuses_given_masks_that_prune_a_dense_leaf_naming_it():
                            masks=masks)
   with pytest.raises(ValueError, match="'dense/kernel'.*plan dense"):
     tx.init(params)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ij.transforms.prune(optax.adamw(1e-2),
+                                ij.schedules.polynomial(0.0, 0.5, 0, 4, 2), "magnitude"),
+    lambda: ij.transforms.sparse_training(optax.adamw(1e-2), 0.5, method="rigl",
+                                          update_every=2, end_step=4),
+], ids=["prune", "sparse_training"])
+def test_a_train_step_may_donate_the_params_and_the_state(make):
+  """Flax train loops jit with ``donate_argnums``: no two leaves of the state share a buffer,
+  and the donated steps equal the ones without donation."""
+  tx = make()
+  params = {"a": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},
+            "b": {"kernel": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)}}
+
+  def step(p, s):
+    grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(p)))(p)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
+
+  plain, donated = jax.jit(step), jax.jit(step, donate_argnums=(0, 1))
+  expected = (params, tx.init(params))
+  got = (jax.tree.map(jnp.copy, params), tx.init(params))
+  for _ in range(5):
+    expected, got = plain(*expected), donated(*got)
+  chex.assert_trees_all_close(got, expected)

@@ -69,10 +69,12 @@ class PruneState(NamedTuple):
   @classmethod
   def start(cls, masks: tree_utils.Masks, inner_state: Any,
             estimator_state: Any = ()) -> "PruneState":
-    """The state before the first step: no step counted or skipped."""
-    zero = jnp.zeros((), jnp.int32)
-    return cls(count=zero, masks=masks, inner_state=inner_state,
-               estimator_state=estimator_state, skipped_nonfinite=zero, nonfinite_streak=zero)
+    """The state before the first step: no step counted or skipped (three separate buffers,
+    so that a train step may donate the state)."""
+    zero = lambda: jnp.zeros((), jnp.int32)
+    return cls(count=zero(), masks=masks, inner_state=inner_state,
+               estimator_state=estimator_state, skipped_nonfinite=zero(),
+               nonfinite_streak=zero())
 
 
 def apply_masks(params: tree_utils.Params, masks: tree_utils.Masks) -> tree_utils.Params:
