@@ -94,11 +94,16 @@ def test_masks_hold_through_recovery_fine_tuning_and_resnet_is_refused():
   m = structure.input_moments(member.apply, params, *member.inputs, gram=True)
   new, masks = structure.prune_kernels(params, m, s, "sparsegpt", sparsity=0.5)
   tx = transforms.hold_masks(optax.adam(1e-2), masks)
-  loss = lambda p: jnp.mean(jnp.square(member.apply(p, *member.inputs)))
+  loss = jax.jit(lambda p: jnp.mean(jnp.square(member.apply(p, *member.inputs))))
+
+  @jax.jit
+  def step(p, state):
+    updates, state = tx.update(jax.grad(loss)(p), state, p)
+    return optax.apply_updates(p, updates), state
+
   state, p = tx.init(new), new
   for _ in range(3):
-    updates, state = tx.update(jax.grad(loss)(p), state, p)
-    p = optax.apply_updates(p, updates)
+    p, state = step(p, state)
   for path, keep in tree_utils.leaves_by_path(masks).items():
     w = np.asarray(tree_utils.leaves_by_path(p)[path])
     kept = np.broadcast_to(np.asarray(keep), w.shape)

@@ -94,6 +94,7 @@ def test_make_train_step_straight_through_equals_the_hand_written_step():
   batches = [{"image": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32),
               "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)} for _ in range(5)]
 
+  @jax.jit
   def by_hand(p, s, batch):
     forward = lambda q: ij.flax.cross_entropy(graphdef, ij.transforms.straight_through(
         q, ij.transforms.current_masks(s, q)), batch)[0]

@@ -123,7 +123,7 @@ def _ablate(fn, params, inputs, s, group):
   keep = np.broadcast_to(keep0, shape)
   masks = groups.coupled_masks(params, {"p": producer}, {"p": keep})
   zeroed = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
-  grads = jax.grad(lambda p: jnp.sum(jnp.sin(fn(p, *inputs))))(zeroed)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(fn(p, *inputs)))))(zeroed)
   def unit_grad(unit):
     one = np.zeros(shape, bool)
     one[..., unit] = True

@@ -347,7 +347,7 @@ def test_a_default_global_selection_empties_no_layer_and_reports_each(member, fo
     scale = jnp.ones(w.shape[g.layer_axis]).at[0].set(1e-6)
     return w * jnp.expand_dims(scale, [a for a in range(w.ndim) if a != g.layer_axis])
   importance = tree_utils.map_with_path(weaken, params, the_plan)
-  masks = select.masks(importance, the_plan, 0.98)
+  masks = jax.jit(lambda imp: select.masks(imp, the_plan, 0.98))(importance)
   report = transforms.sparsity_report(masks, params, the_plan)
   for path, p, g, m in zip(tree_utils.path_names(params), jax.tree.leaves(params),
                            jax.tree.leaves(the_plan), jax.tree.leaves(masks)):
