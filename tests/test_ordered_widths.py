@@ -86,7 +86,7 @@ def test_ordered_dropout_over_a_structure_trains_the_sampled_width():
     structure.width_masks(s, m.params, {"hidden:nowhere": jnp.arange(3)}, 0.5)
 
 
-@pytest.mark.parametrize("name", ["gemma", "minilm"])
+@pytest.mark.parametrize("name", ["gemma", "gemma_mha", "minilm"])
 def test_slice_width_rebuilds_an_nnx_zoo_model_that_equals_it_masked(name):
   """The zoo's NNX members, sliced by their importance ranks: the user's class rebuilt at the
   config fit_config finds, computing what the model computes at that width."""
@@ -94,6 +94,7 @@ def test_slice_width_rebuilds_an_nnx_zoo_model_that_equals_it_masked(name):
   ranks = structure.unit_ranks(s, m.params, jax.tree.map(jnp.abs, m.params))
   small, config = slicing.slice_width(m.model, 0.5, *m.inputs, config=m.config, ranks=ranks)
   expected = {"gemma": dict(num_heads=4, num_kv_heads=2, mlp_dim=20),
+              "gemma_mha": dict(num_heads=2, num_kv_heads=2, mlp_dim=20),
               "minilm": dict(num_heads=(2, 2), intermediate_sizes=(20, 20))}[name]
   assert config == dataclasses.replace(m.config, **expected)
   assert isinstance(small, type(m.model))
