@@ -202,7 +202,8 @@ def _two_batches(member):
 
 
 @pytest.mark.parametrize("name,method", [("minilm", "wanda"), ("gemma", "sparsegpt"),
-                                         ("lm", "wanda"), ("vit", "sparsegpt")])
+                                         ("lm", "wanda"), ("vit", "sparsegpt"),
+                                         ("vit_scan", "sparsegpt")])
 def test_the_cut_model_runs_once_and_prunes_as_the_whole_model_rerun(name, method, monkeypatch):
   member, s = zoo_model(name)
   batches, token_masks = _two_batches(member)
@@ -245,10 +246,31 @@ def test_segments_chain_to_the_model_and_host_values_are_numpy():
   whole = structure.input_moments(member.apply, member.params, *member.inputs)
   assert sorted(captured) == sorted(whole.sq)
   chex.assert_trees_all_close(captured, whole.sq, rtol=1e-5)
-  scanned, _ = zoo_model("vit_scan")  # the layers of one scan cannot be cut apart
+
+
+def test_a_scan_over_the_layers_is_cut_between_its_iterations():
+  scanned, _ = zoo_model("vit_scan")
   t = tracing.trace(scanned.apply, scanned.params, *scanned.inputs)
-  stack = "params/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"
-  assert segments.cut(t, [[stack], ["params/head/kernel"]]) is None
+  stack = "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"
+  depth = scanned.config.depth
+  seg = segments.cut(t, [[(stack, i)] for i in range(depth)])
+  assert seg is not None and len(seg) == depth
+  whole = structure.input_moments(scanned.apply, scanned.params, *scanned.inputs)
+  live = seg.start(scanned.inputs)
+  for i in range(depth):
+    live, m = seg.run(i, scanned.params, live)
+    assert np.shape(m.count[stack]) == ()  # layer i's alone
+    np.testing.assert_allclose(m.sq[stack], whole.sq[stack][i], rtol=1e-5, err_msg=str(i))
+  np.testing.assert_allclose(live[0], scanned.apply(scanned.params, *scanned.inputs),
+                             rtol=1e-5, atol=1e-5)
+  assert segments.cut(t, [[stack], ["head/kernel"]]) is not None  # the whole scan, the head
+  assert segments.cut(t, [[(stack, 1)], [(stack, 0)]]) is None  # out of order
+  assert segments.cut(t, [[stack], [(stack, 1)]]) is None  # all iterations, then one
+  params = {"w": jnp.stack([jnp.eye(2), 2 * jnp.eye(2)])}
+  reversed_scan = lambda p, x: jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, p["w"],
+                                            reverse=True)[0]
+  t = tracing.trace(reversed_scan, params, jnp.ones((1, 2)))
+  assert segments.cut(t, [[("w", 0)], [("w", 1)]]) is None  # layer 1 runs first
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.NAMES if n != "resnet"])

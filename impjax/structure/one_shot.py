@@ -253,9 +253,9 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
   Where the blocks follow one another in the traced computation, the model runs once: block
   ``i`` runs on the values live after block ``i - 1`` (the hidden states, cut from the jaxpr by
   :mod:`impjax.structure.segments`), once to capture its inputs and once, pruned, to give the
-  next block its inputs. The layers of a ``scan`` (or blocks inside one ``jit``) cannot be cut
-  apart: there the whole model re-runs for every block. The compiled segments are kept for the
-  next call with the same function and shapes.
+  next block its inputs; the layers of a ``scan`` run one iteration at a time. Blocks that
+  cannot be cut apart (several inside one ``jit``) re-run the whole model for every block. The
+  compiled segments are kept for the next call with the same function and shapes.
 
   Args:
     fn: the model, ``fn(params, *inputs)``.
@@ -331,8 +331,9 @@ def _prune_block(leaves, masks, members, moments, method, sparsity, n_of_m, bloc
     else:  # one layer of a stacked kernel, with that layer's statistics
       axes = [a - (a > moments.axes[path][0]) for a in moments.axes[path][1:]]
       stacked_axis = moments.axes[path][0]
-      new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes,
-                                  jax.tree.map(lambda v: v[layer], stats), False, method,
+      if np.ndim(moments.count[path]):  # every layer's (else one scan iteration's alone)
+        stats = jax.tree.map(lambda v: v[layer], stats)
+      new_l, keep_l = _prune_leaf(jnp.take(w, layer, stacked_axis), axes, stats, False, method,
                                   sparsity, n_of_m, blocksize, damp)
       index = (slice(None),) * stacked_axis + (layer,)
       new = w.at[index].set(new_l.astype(w.dtype))
@@ -357,7 +358,7 @@ def _segments(fn, params, batch, units) -> segments_lib.Segments | None:
   if key is not None and key in _SEGMENTS:
     return _SEGMENTS[key]
   t = tracing.trace(fn, *avals[:1], *avals[1])
-  seg = segments_lib.cut(t, [[p for p, _ in members] for _, members in units])
+  seg = segments_lib.cut(t, [members for _, members in units])
   if key is not None:
     if len(_SEGMENTS) >= _SEGMENTS_KEPT:
       _SEGMENTS.pop(next(iter(_SEGMENTS)))

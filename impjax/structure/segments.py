@@ -4,11 +4,14 @@ Layer-sequential one-shot pruning runs block ``i`` on the outputs of blocks ``0 
 already pruned. :class:`Segments` cuts the top level of a model's traced jaxpr where each block's
 first kernel is consumed, and evaluates one segment at a time: from the values live at its start
 (the hidden states, the inputs still to be read, the residual stream) to those live at its end,
-with the params as they are now, capturing the input moments of the segment's kernels. The model
-runs once in total instead of once per block; the live values of every calibration batch can
-stay on the host between segments (``host=True``). Blocks a single top-level equation holds
-together (the layers of a ``scan``, a ``jit`` around several blocks) cannot be cut apart:
-:func:`cut` returns ``None`` for them.
+with the params as they are now, capturing the input moments of the segment's kernels. A
+``scan`` over a stack of layers (``nn.scan``, ``nnx.scan``, ``lax.scan`` over stacked params) is
+cut between its iterations: a segment may run one iteration of its body, the carry and the
+outputs stacked so far carried over to the next. The model runs once in total instead of once
+per block; the live values of every calibration batch can stay on the host between segments
+(``host=True``). Blocks a single top-level equation holds together otherwise (a ``jit`` around
+several blocks, a leaf the scan closes over in one block and layers in others, a reversed
+scan) cannot be cut apart: :func:`cut` returns ``None`` for them.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -26,46 +29,77 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import jax
 from jax.extend import core
+import jax.numpy as jnp
 
 from impjax import tree_utils
 from impjax.structure import capture as capture_lib
 from impjax.structure import tracing
 
-
-def _top_level(site: tuple) -> int:
-  """The top-level equation a use's site belongs to."""
-  ctx, k = site
-  return ctx[0][0] if ctx else k
+_WHOLE = math.inf  # a use outside any split scan spans all the equation's iterations
 
 
-def cut(t: tracing.Trace, blocks: Sequence[Sequence[str]]) -> Segments | None:
-  """:class:`Segments` of ``t`` starting where each block's first kernel (of the paths in
-  ``blocks``, in order) is consumed, or ``None`` when two blocks share a top-level equation or
-  come out of order."""
+def _span(t: tracing.Trace, use: tracing.Use, layer: int | None) -> tuple | None:
+  """``((eqn, first iteration), (eqn, last iteration))`` of one use at the top level, layer
+  ``layer`` of a stacked leaf a top-level scan iterates; ``None`` where the layer is not one
+  iteration of a forward top-level scan over the leaf."""
+  ctx, k = use.site
+  if layer is None:
+    top = ctx[0][0] if ctx else k
+    return (top, 0), (top, _WHOLE)
+  if not ctx or not use.layer:
+    return None
+  top = ctx[0][0]
+  eqn = t.jaxpr.jaxpr.eqns[top]
+  if eqn.primitive.name != "scan" or eqn.params["reverse"]:
+    return None
+  leaf = t.jaxpr.jaxpr.invars[t.paths.index(use.path)]
+  xs = eqn.invars[eqn.params["num_consts"] + eqn.params["num_carry"]:]
+  if not any(v is leaf for v in xs):
+    return None
+  return (top, layer), (top, layer)
+
+
+def cut(t: tracing.Trace, blocks: Sequence[Sequence[str | tuple[str, int | None]]]
+        ) -> Segments | None:
+  """:class:`Segments` of ``t`` starting where each block's first kernel is consumed, or
+  ``None`` when two blocks share a top-level equation (other than as iterations of a scan) or
+  come out of order. A block lists kernel paths, or ``(path, layer)`` for layer ``layer`` of a
+  stacked kernel (``None``: the whole kernel)."""
   first, last = [], []
-  for paths in blocks:
-    sites = [_top_level(u.site) for u in t.uses if u.path in set(paths) and u.kind == "dot"]
-    if not sites:
+  for members in blocks:
+    members = [m if isinstance(m, tuple) else (m, None) for m in members]
+    spans = [_span(t, u, layer) for path, layer in members for u in t.uses
+             if u.path == path and u.kind == "dot"]
+    if not spans or None in spans:
       return None
-    first.append(min(sites))
-    last.append(max(sites))
+    first.append(min(s[0] for s in spans))
+    last.append(max(s[1] for s in spans))
   if any(last[i] >= first[i + 1] for i in range(len(blocks) - 1)):
     return None
-  return Segments(t, [0] + first[1:] + [len(t.jaxpr.jaxpr.eqns)])
+  return Segments(t, first[1:])
 
 
 class Segments:
-  """The top-level equations of a traced jaxpr cut at ``bounds`` (``[0, ..., len(eqns)]``):
-  segment ``i`` runs equations ``bounds[i] .. bounds[i + 1] - 1``. Build it with :func:`cut`."""
+  """The top-level equations of a traced jaxpr cut before each of ``starts`` (``(equation,
+  iteration)``; an iteration above 0 cuts a scan between its iterations): segment ``i`` runs
+  from the ``i``-th cut to the next. Build it with :func:`cut`."""
 
-  def __init__(self, t: tracing.Trace, bounds: Sequence[int]):
-    self.t, self.bounds = t, list(bounds)
+  def __init__(self, t: tracing.Trace, starts: Sequence[tuple[int, int]]):
+    self.t = t
     jaxpr = t.jaxpr.jaxpr
     self.num_params = len(t.paths)
+    split = {k for k, it in starts if it > 0}
+    # The steps: a top-level equation, or one iteration of a scan cut between its iterations.
+    self.steps = [(k, it) for k, eqn in enumerate(jaxpr.eqns)
+                  for it in (range(eqn.params["length"]) if k in split else [None])]
+    index = {step: s for s, step in enumerate(self.steps)}
+    self.bounds = ([0] + [index.get((k, it), index.get((k, None))) for k, it in starts]
+                   + [len(self.steps)])
     last_use = {}
     for k, eqn in enumerate(jaxpr.eqns):
       for v in eqn.invars:
@@ -77,8 +111,10 @@ class Segments:
     defined_at = {v: -1 for v in list(jaxpr.constvars) + list(jaxpr.invars[self.num_params:])}
     for k, eqn in enumerate(jaxpr.eqns):
       defined_at.update({v: k for v in eqn.outvars})
-    # The values live at a bound: made before it and read at or after it (params excluded).
-    self.live = [[v for v, k in defined_at.items() if k < b <= last_use.get(v, -1)]
+    # The values live at a bound: made before its equation and read at or after it (params
+    # excluded); inside a scan, its carry and stacked outputs follow them.
+    eqn_at = lambda b: self.steps[b][0] if b < len(self.steps) else len(jaxpr.eqns)
+    self.live = [[v for v, k in defined_at.items() if k < eqn_at(b) <= last_use.get(v, -1)]
                  for b in self.bounds]
     self._segment = functools.lru_cache(maxsize=None)(self._compile)
 
@@ -102,13 +138,28 @@ class Segments:
     def segment(flat_params, live, token_mask):
       env = dict(zip(jaxpr.invars[:self.num_params], flat_params))
       env.update(zip(self.live[i], live))
+      state = list(live[len(self.live[i]):])  # a cut scan's carry and stacked outputs
       read = lambda v: v.val if isinstance(v, core.Literal) else env[v]
       evaluator.reset(token_mask)
-      for k in range(lo, hi):
+      for k, it in self.steps[lo:hi]:
         eqn = jaxpr.eqns[k]
-        env.update(zip(eqn.outvars, evaluator.equation((), k, eqn, [read(v) for v in eqn.invars])))
+        args = [read(v) for v in eqn.invars]
+        if it is None:
+          env.update(zip(eqn.outvars, evaluator.equation((), k, eqn, args)))
+          continue
+        p = eqn.params
+        nc, nk = p["num_consts"], p["num_carry"]
+        if it == 0:
+          state = args[nc:nc + nk] + [jnp.zeros(v.aval.shape, v.aval.dtype)
+                                      for v in eqn.outvars[nk:]]
+        outs = evaluator.call((), k, 0, p["jaxpr"], args[:nc] + state[:nk]
+                              + [x[it] for x in args[nc + nk:]])
+        state = outs[:nk] + [y.at[it].set(o) for y, o in zip(state[nk:], outs[nk:])]
+        if it == p["length"] - 1:
+          env.update(zip(eqn.outvars, state))
+          state = []
       ends = self.live[i + 1] if i + 1 < len(self) else jaxpr.outvars
-      return [read(v) for v in ends], evaluator.stats
+      return [read(v) for v in ends] + state, evaluator.stats
     return segment
 
   def run(self, i: int, params: tree_utils.Params, live: list, *, gram: bool = False,
@@ -116,7 +167,8 @@ class Segments:
           ) -> tuple[list, capture_lib.Moments | None]:
     """Segment ``i`` on one batch's ``live`` values with ``params``: ``(the values live at its
     end — the model's outputs after the last segment —, the input moments of its kernels, or
-    None without ``capture``)``."""
+    None without ``capture``)``. A stacked kernel's moments from one iteration of its scan are
+    that layer's alone, without the layer axis."""
     flat = jax.tree.leaves(params)
     ends, stats = self._segment(i, capture, gram)(flat, live, token_mask)
     ends = jax.device_get(ends) if host else ends
