@@ -40,6 +40,44 @@ def test_the_vocabulary_is_the_training_texts_cached_and_packs_sentences(data, t
   assert all(tuple(r) in train_rows for r in data.calibration)
 
 
+def test_validation_is_held_out_from_evaluation_and_training_and_leaves_evaluation_as_it_was(
+    data, tmp_path):
+  asked = PROTOCOL._replace(validation_sequences=16)
+  more = lm.splits(asked, cache_dir=str(tmp_path))
+  np.testing.assert_array_equal(more.evaluation, data.evaluation)  # the same draws as without
+  np.testing.assert_array_equal(more.calibration, data.calibration)
+  assert more.validation.shape == (16, PROTOCOL.seq_len) and data.validation.shape[0] == 0
+  every = lm.splits(PROTOCOL._replace(evaluation_sequences=0), cache_dir=str(tmp_path))
+  positions = {tuple(r): i for i, r in enumerate(every.evaluation)}  # rows of the split
+  held_out = lambda rows: {positions[tuple(r)] for r in rows}
+  assert len(held_out(more.validation)) == 16
+  assert not held_out(more.validation) & held_out(more.evaluation)
+  assert not {tuple(r) for r in more.validation} & {tuple(r) for r in more.train}
+  too_many = len(every.evaluation) - PROTOCOL.evaluation_sequences + 1
+  with pytest.raises(ValueError, match="validation_sequences"):
+    lm.splits(PROTOCOL._replace(validation_sequences=too_many), cache_dir=str(tmp_path))
+
+
+def test_training_stops_at_the_best_validation_perplexity_after_patience_runs_out():
+  seqs = np.zeros((8, 4), np.int32)  # always token 0: perplexity falls with p[0] - p[1:]
+  apply = lambda p, ids: jnp.broadcast_to(p, ids.shape + p.shape)
+  other = np.ones((8, 4), np.int32)  # validation on token 1: it rises as training goes on
+  tx = optax.sgd(0.5)
+  best, curve = lm.train_to_best(apply, jnp.zeros(3), seqs, other, tx, 100, every=10,
+                                 patience=2, progress=False)
+  assert [s for s, _ in curve] == [0, 10, 20]  # two evaluations without a new best: stop
+  assert curve[1][1] > curve[0][1] and curve[2][1] > curve[0][1]
+  np.testing.assert_array_equal(best, jnp.zeros(3))  # the start was best
+  best, curve = lm.train_to_best(apply, jnp.zeros(3), seqs, seqs, tx, 25, every=10,
+                                 progress=False)
+  assert [s for s, _ in curve] == [0, 10, 20, 25]  # always improving: every step, the rest last
+  want, state = lm.train(apply, jnp.zeros(3), seqs, tx, 10, seed=0, progress=False)
+  for start, n in ((10, 10), (20, 5)):
+    want, state = lm.train(apply, want, seqs, tx, n, seed=start, opt_state=state, progress=False)
+  np.testing.assert_allclose(best, want, rtol=1e-6)
+  assert curve[-1][1] == pytest.approx(lm.perplexity(apply, want, seqs), rel=1e-6)
+
+
 def test_perplexity_equals_its_formula():
   rng = np.random.default_rng(0)
   table = jnp.asarray(rng.standard_normal((300, 300)), jnp.float32)

@@ -7,9 +7,10 @@ split; the byte-level BPE vocabulary is trained on it alone (``tokenizers``), an
 first use. Sentences are encoded, each followed by ``[EOS]``, concatenated and cut into
 sequences of ``seq_len`` tokens. :class:`Protocol` fixes every choice a figure depends on:
 the sequence length, the vocabulary, the calibration sequences (a seeded draw from the training
-sequences, the usual practice of calibrating on the training distribution) and the evaluation
+sequences, the usual practice of calibrating on the training distribution), the evaluation
 sequences (a seeded draw from the evaluation split of both sources, disjoint from the training
-text).
+text) and the validation sequences (drawn from the evaluation split's other sequences), which
+choose the training length (:func:`train_to_best`) without reading the evaluation sequences.
 
 Example:
   >>> from impjax.data import language_modeling as lm
@@ -49,12 +50,15 @@ class Protocol(NamedTuple):
     vocab_size: the BPE vocabulary's size (``[EOS]`` included).
     calibration_sequences: training sequences drawn (seeded) for one-shot calibration.
     evaluation_sequences: evaluation sequences drawn (seeded) for perplexity (0: all of them).
+    validation_sequences: held-out sequences drawn (seeded) from the evaluation split's rest,
+      for choosing training steps (at most what the evaluation draw leaves).
     seed: the draws' seed.
   """
   seq_len: int = 64
   vocab_size: int = 512
   calibration_sequences: int = 128
   evaluation_sequences: int = 512
+  validation_sequences: int = 0
   seed: int = 0
 
 
@@ -64,6 +68,7 @@ class Splits(NamedTuple):
   calibration: np.ndarray
   evaluation: np.ndarray
   tokenizer: Any
+  validation: np.ndarray
 
 
 def training_text() -> list[str]:
@@ -106,14 +111,22 @@ def pack(tok: tokenizers.Tokenizer, sentences: list[str], seq_len: int) -> np.nd
 
 
 def splits(protocol: Protocol = Protocol(), cache_dir: str | None = None) -> Splits:
-  """The protocol's :class:`Splits`."""
+  """The protocol's :class:`Splits` (``ValueError`` when the evaluation split cannot give the
+  validation sequences asked for)."""
   tok = tokenizer(protocol.vocab_size, cache_dir)
   train = pack(tok, training_text(), protocol.seq_len)
-  evaluation = pack(tok, evaluation_text(), protocol.seq_len)
+  held_out = pack(tok, evaluation_text(), protocol.seq_len)
   rng = np.random.default_rng(protocol.seed)
-  draw = lambda seqs, n: seqs[np.sort(rng.choice(len(seqs), n, replace=False))] if n else seqs
-  return Splits(train, draw(train, protocol.calibration_sequences), draw(
-      evaluation, protocol.evaluation_sequences), tok)
+  pick = lambda n, among: np.sort(rng.choice(among, n, replace=False)) if n else among
+  calibration = train[pick(protocol.calibration_sequences, np.arange(len(train)))]
+  evaluation = pick(protocol.evaluation_sequences, np.arange(len(held_out)))
+  rest = np.setdiff1d(np.arange(len(held_out)), evaluation)
+  if protocol.validation_sequences > len(rest):
+    raise ValueError(f"Protocol.validation_sequences={protocol.validation_sequences}: the "
+                     f"evaluation split has {len(held_out)} sequences, {len(rest)} of them "
+                     "not drawn for evaluation.")
+  validation = rng.choice(rest, protocol.validation_sequences, replace=False)
+  return Splits(train, calibration, held_out[evaluation], tok, held_out[np.sort(validation)])
 
 
 def next_token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
@@ -169,3 +182,36 @@ def train(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray, t
     if i % 50 == 0:
       bar.set_postfix(loss=f"{float(value):.3f}")
   return params, opt_state
+
+
+def train_to_best(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray,
+                  validation: np.ndarray, tx: Any, steps: int, every: int = 100,
+                  patience: int = 2, batch_size: int = 32, seed: int = 0,
+                  progress: bool = True) -> tuple[Any, list[tuple[int, float]]]:
+  """Early stopping on held-out sequences: :func:`train` ``every`` steps at a time (the optimizer
+  state carried over, so a schedule runs on) up to ``steps``, the :func:`perplexity` of
+  ``validation`` after each; stops after ``patience`` evaluations without a new best.
+
+  Returns:
+    ``(the params of the lowest validation perplexity, [(step, validation perplexity)]``
+    from step 0 on).
+
+  Example:
+    >>> import optax
+    >>> apply = lambda p, ids: jnp.broadcast_to(p, ids.shape + p.shape)  # one logit vector
+    >>> seqs = np.zeros((8, 4), np.int32)  # always token 0
+    >>> best, curve = train_to_best(apply, jnp.zeros(3), seqs, seqs, optax.sgd(1.0), 20,
+    ...                             every=10, progress=False)
+    >>> [(step, round(p, 2)) for step, p in curve]  # uniform over 3 tokens at first
+    [(0, 3.0), (10, 1.07), (20, 1.03)]
+  """
+  curve = [(0, perplexity(apply, params, validation, batch_size))]
+  best, best_at, current, opt_state = params, 0, params, None
+  while curve[-1][0] < steps and len(curve) - 1 - best_at < patience:
+    chunk = min(every, steps - curve[-1][0])
+    current, opt_state = train(apply, current, sequences, tx, chunk, batch_size,
+                               seed + curve[-1][0], opt_state, progress)
+    curve.append((curve[-1][0] + chunk, perplexity(apply, current, validation, batch_size)))
+    if curve[-1][1] < curve[best_at][1]:
+      best, best_at = current, len(curve) - 1
+  return best, curve
