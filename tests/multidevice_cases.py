@@ -206,5 +206,6 @@ def test_kernel_input_statistics_split_over_devices_equal_one_device(mesh):
   for split in (by_shard_map, by_pmap):
     assert sorted(split.gram) == sorted(whole.gram)
     chex.assert_trees_all_close(split.sq, whole.sq, rtol=1e-5)
-    chex.assert_trees_all_close(split.gram, whole.gram, rtol=1e-5, atol=1e-5)
+    # Sums of up to ~100 in float32, added in another order: ~1e-5 apart.
+    chex.assert_trees_all_close(split.gram, whole.gram, rtol=1e-5, atol=1e-4)
     chex.assert_trees_all_equal(split.count, whole.count)

@@ -33,6 +33,7 @@ def _launch(workdir, extra=()):
          f"--config={os.path.join(REPO, 'configs', 'digits_mlp.py')}:quick",
          f"--workdir={workdir}", "--alsologtostderr", *FLAGS, *extra]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # One device per process, XLA's default optimizations: the masks are compared exactly.
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
