@@ -70,7 +70,7 @@ def _group_ranks(s: structure.Structure, ranks: dict[str, jax.Array]) -> dict[st
   out = {}
   for key, rank in ranks.items():
     names = [key] if key in prunable else [
-        n for n in prunable if n.split(":", 1)[1] == f"{key}/kernel"]
+        n for n in prunable if s.groups[n].producer == f"{key}/kernel"]
     if len(names) != 1:
       raise ValueError(f"ranks['{key}'] names no group of the model; its groups: "
                        f"{sorted(prunable)}.")

@@ -247,6 +247,9 @@ def test_a_pooled_conv_feeding_a_dense_layer_is_a_group_and_kernel_windows_are_n
                                 ("dense/kernel", 0, 1, 16, None)],
       "hidden:dense/kernel": [("dense/bias", 0, 1, 1, None), ("dense/kernel", 1, 1, 1, None),
                               ("head/kernel", 0, 1, 1, None)]}
+  assert {name: s.groups[name].producer for name in s.prunable()} == {
+      "hidden:convs/0/kernel": "convs/0/kernel", "hidden:convs/1/kernel": "convs/1/kernel",
+      "hidden:dense/kernel": "dense/kernel"}
   windows = [(m.path, m.axis) for g in s.groups.values() for m in groups.members(g.coupled)
              if m.path.startswith("convs/") and m.path.endswith("kernel") and m.axis in (0, 1)]
   assert windows == []

@@ -74,11 +74,14 @@ class Group(NamedTuple):
     exact: removing units changes nothing but their own contribution (no normalization
       statistic or other reduction runs over the units), so the compacted model equals the
       masked one.
+    producer: the kernel whose output axis the units are (the group's name is
+      ``kind:producer``), or the first member's leaf where no kernel outputs them.
   """
   kind: str
   coupled: groups_lib.Coupled
   units: int
   exact: bool
+  producer: str
 
 
 class Structure(NamedTuple):
@@ -197,7 +200,7 @@ def discover(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any) ->
     while name in found:
       name += "'"
     found[name] = Group(kind, groups_lib.Coupled(tuple(members)), graph.size(root),
-                        kind != "fixed" and not flags & (_NOT_UNITS | {"reduced"}))
+                        kind != "fixed" and not flags & (_NOT_UNITS | {"reduced"}), producer)
   order = {p: i for i, p in enumerate(t.paths)}
   found = dict(sorted(found.items(), key=lambda kv: (
       order[kv[1].coupled.members[0].path], kv[1].coupled.members[0].axis)))

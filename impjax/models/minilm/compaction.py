@@ -57,10 +57,9 @@ def _discovered_groups(config: model_lib.MiniLMConfig) -> tuple[tuple[str, group
   s = structure.discover(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask),
                          nnx.to_pure_dict(state), tokens, tokens)
   out = {}
-  for name, group in s.groups.items():
-    producer = name.split(":", 1)[1]
-    if group.kind in _KINDS and producer.startswith("layers/"):
-      out[f"layers/{producer.split('/')[1]}/{_KINDS[group.kind]}"] = group.coupled
+  for group in s.groups.values():
+    if group.kind in _KINDS and group.producer.startswith("layers/"):
+      out[f"layers/{group.producer.split('/')[1]}/{_KINDS[group.kind]}"] = group.coupled
   # Layer by layer, each layer's MLP units before its heads.
   return tuple(sorted(out.items(), key=lambda kv: (int(kv[0].split("/")[1]),
                                                    kv[0].endswith("heads"))))
