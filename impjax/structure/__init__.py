@@ -18,7 +18,8 @@
   captured kernel, whatever its form, at one sparsity or OWL's per-block ones
   (:func:`owl_sparsities`).
 - ``segments``: the traced computation cut at the blocks and run one segment at a time on the
-  values live between them (the hidden states), for :func:`prune_sequential`.
+  values live between them (the hidden states; a scan over the layers cut between its
+  iterations), for :func:`prune_sequential`.
 - ``unit_taylor``: AMP's label-free entropy-Taylor importance of the groups' units, through
   per-example gates on the kernels that read them.
 
