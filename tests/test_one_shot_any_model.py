@@ -3,6 +3,8 @@ against the layer-wise kernel pruner fed by hand-computed inputs, and on every z
 requested share along each kernel's contraction axes, pruned entries zero, SparseGPT's error
 below magnitude's, and masks that hold through recovery fine-tuning."""
 
+import dataclasses
+
 import chex
 from flax import nnx
 import jax
@@ -266,6 +268,29 @@ def test_a_scan_over_the_layers_is_cut_between_its_iterations():
   assert segments.cut(t, [[stack], ["head/kernel"]]) is not None  # the whole scan, the head
   assert segments.cut(t, [[(stack, 1)], [(stack, 0)]]) is None  # out of order
   assert segments.cut(t, [[stack], [(stack, 1)]]) is None  # all iterations, then one
+  # Five layers: the three between the first and the last share one compiled program.
+  deep = zoo.from_config("vit_scan", dataclasses.replace(scanned.config, depth=5),
+                         scanned.inputs[0].shape)
+  t = tracing.trace(deep.apply, deep.params, *deep.inputs)
+  seg = segments.cut(t, [[(stack, i)] for i in range(5)])
+  whole = structure.input_moments(deep.apply, deep.params, *deep.inputs)
+  live = seg.start(deep.inputs)
+  for i in range(5):
+    live, m = seg.run(i, deep.params, live)
+    np.testing.assert_allclose(m.sq[stack], whole.sq[stack][i], rtol=1e-5, err_msg=str(i))
+  assert len(seg._programs) == 3  # pylint: disable=protected-access
+  np.testing.assert_allclose(live[0], deep.apply(deep.params, *deep.inputs), rtol=1e-5,
+                             atol=1e-5)
+  s_deep = structure.discover(deep.apply, deep.params, *deep.inputs)
+  prune = lambda: structure.prune_sequential(deep.apply, deep.params, s_deep, [deep.inputs],
+                                             "sparsegpt", sparsity=0.5, blocksize=8,
+                                             progress=False)
+  got = prune()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(one_shot, "_segments", lambda *a: None)  # the whole model per block
+    want = prune()
+  chex.assert_trees_all_equal(got[1], want[1])
+  chex.assert_trees_all_close(got[0], want[0], rtol=1e-4, atol=1e-5)
   params = {"w": jnp.stack([jnp.eye(2), 2 * jnp.eye(2)])}
   reversed_scan = lambda p, x: jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, p["w"],
                                             reverse=True)[0]

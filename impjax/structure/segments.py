@@ -7,7 +7,8 @@ first kernel is consumed, and evaluates one segment at a time: from the values l
 with the params as they are now, capturing the input moments of the segment's kernels. A
 ``scan`` over a stack of layers (``nn.scan``, ``nnx.scan``, ``lax.scan`` over stacked params) is
 cut between its iterations: a segment may run one iteration of its body, the carry and the
-outputs stacked so far carried over to the next. The model runs once in total instead of once
+outputs stacked so far carried over to the next, and the iterations between the first and the
+last share one compiled program (the index traced). The model runs once in total instead of once
 per block; the live values of every calibration batch can stay on the host between segments
 (``host=True``). Blocks a single top-level equation holds together otherwise (a ``jit`` around
 several blocks, a leaf the scan closes over in one block and layers in others, a reversed
@@ -28,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
@@ -116,7 +116,7 @@ class Segments:
     eqn_at = lambda b: self.steps[b][0] if b < len(self.steps) else len(jaxpr.eqns)
     self.live = [[v for v, k in defined_at.items() if k < eqn_at(b) <= last_use.get(v, -1)]
                  for b in self.bounds]
-    self._segment = functools.lru_cache(maxsize=None)(self._compile)
+    self._programs: dict[tuple, Any] = {}
 
   def __len__(self) -> int:
     return len(self.bounds) - 1
@@ -128,14 +128,32 @@ class Segments:
     live = [values[v] for v in self.live[0]]
     return jax.device_get(live) if host else live
 
-  def _compile(self, i: int, capture: bool, gram: bool):
+  def _middle_iteration(self, i: int) -> int | None:
+    """The iteration segment ``i`` runs alone, if it is neither its scan's first nor its last
+    (then the segments of all such iterations share one program, the index traced)."""
+    steps = self.steps[self.bounds[i]:self.bounds[i + 1]]
+    if len(steps) == 1 and steps[0][1] is not None:
+      k, it = steps[0]
+      if 0 < it < self.t.jaxpr.jaxpr.eqns[k].params["length"] - 1:
+        return it
+    return None
+
+  def _program(self, i: int, capture: bool, gram: bool):
+    """Segment ``i``'s compiled program, ``(flat params, live, token_mask, iteration)``."""
+    middle = self._middle_iteration(i) is not None
+    key = (("scan", self.steps[self.bounds[i]][0]) if middle else i, capture, gram)
+    if key not in self._programs:
+      self._programs[key] = self._compile(i, capture, gram, middle)
+    return self._programs[key]
+
+  def _compile(self, i: int, capture: bool, gram: bool, traced_iteration: bool):
     jaxpr = self.t.jaxpr.jaxpr
     shapes = {p: tuple(v.aval.shape) for p, v in zip(self.t.paths, jaxpr.invars)}
     evaluator = capture_lib.Capturing(self.t, shapes, gram, capture)
     lo, hi = self.bounds[i], self.bounds[i + 1]
 
     @jax.jit
-    def segment(flat_params, live, token_mask):
+    def segment(flat_params, live, token_mask, iteration):
       env = dict(zip(jaxpr.invars[:self.num_params], flat_params))
       env.update(zip(self.live[i], live))
       state = list(live[len(self.live[i]):])  # a cut scan's carry and stacked outputs
@@ -152,9 +170,10 @@ class Segments:
         if it == 0:
           state = args[nc:nc + nk] + [jnp.zeros(v.aval.shape, v.aval.dtype)
                                       for v in eqn.outvars[nk:]]
+        index = iteration if traced_iteration else it
         outs = evaluator.call((), k, 0, p["jaxpr"], args[:nc] + state[:nk]
-                              + [x[it] for x in args[nc + nk:]])
-        state = outs[:nk] + [y.at[it].set(o) for y, o in zip(state[nk:], outs[nk:])]
+                              + [x[index] for x in args[nc + nk:]])
+        state = outs[:nk] + [y.at[index].set(o) for y, o in zip(state[nk:], outs[nk:])]
         if it == p["length"] - 1:
           env.update(zip(eqn.outvars, state))
           state = []
@@ -170,7 +189,8 @@ class Segments:
     None without ``capture``)``. A stacked kernel's moments from one iteration of its scan are
     that layer's alone, without the layer axis."""
     flat = jax.tree.leaves(params)
-    ends, stats = self._segment(i, capture, gram)(flat, live, token_mask)
+    iteration = jnp.int32(self._middle_iteration(i) or 0)
+    ends, stats = self._program(i, capture, gram)(flat, live, token_mask, iteration)
     ends = jax.device_get(ends) if host else ends
     return ends, capture_lib.to_moments(self.t, stats) if capture else None
 
