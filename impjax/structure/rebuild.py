@@ -97,8 +97,9 @@ def fit_config(config: Any, abstract_params: Callable[[Any], Any], params: tree_
   # Every integer of the config (inside tuples too) that a resize scales to a whole number:
   # a resized size itself, or one fused with it (heads x head_dim resized as heads or as the
   # product) — each tried at its scaled values.
+  fields = _fields(config)
   slots = []
-  for name, value in _fields(config).items():
+  for name, value in fields.items():
     values = value if isinstance(value, tuple) else (value,)
     for i, v in enumerate(values):
       if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -107,8 +108,6 @@ def fit_config(config: Any, abstract_params: Callable[[Any], Any], params: tree_
                        if (v * b) % a == 0 and (v % a == 0 or a % v == 0)} - {v, 0})
       if scaled:
         slots.append((name, i if isinstance(value, tuple) else None, scaled))
-
-  fields = _fields(config)
 
   def build(choice):
     changes = {}
