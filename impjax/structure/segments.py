@@ -138,9 +138,9 @@ class Segments:
         return it
     return None
 
-  def _program(self, i: int, capture: bool, gram: bool):
-    """Segment ``i``'s compiled program, ``(flat params, live, token_mask, iteration)``."""
-    middle = self._middle_iteration(i) is not None
+  def _program(self, i: int, capture: bool, gram: bool, middle: bool):
+    """Segment ``i``'s compiled program, ``(flat params, live, token_mask, iteration)``;
+    ``middle``: it runs a middle iteration alone (:meth:`_middle_iteration`)."""
     key = (("scan", self.steps[self.bounds[i]][0]) if middle else i, capture, gram)
     if key not in self._programs:
       self._programs[key] = self._compile(i, capture, gram, middle)
@@ -189,8 +189,9 @@ class Segments:
     None without ``capture``)``. A stacked kernel's moments from one iteration of its scan are
     that layer's alone, without the layer axis."""
     flat = jax.tree.leaves(params)
-    iteration = jnp.int32(self._middle_iteration(i) or 0)
-    ends, stats = self._program(i, capture, gram)(flat, live, token_mask, iteration)
+    middle = self._middle_iteration(i)
+    program = self._program(i, capture, gram, middle is not None)
+    ends, stats = program(flat, live, token_mask, jnp.int32(middle or 0))
     ends = jax.device_get(ends) if host else ends
     return ends, capture_lib.to_moments(self.t, stats) if capture else None
 
