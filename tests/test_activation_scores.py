@@ -42,6 +42,19 @@ def test_token_gram(acts):
   assert float(got["count"]) == mask.sum()
 
 
+@pytest.mark.parametrize("columns", [3, 384, 701])
+def test_symmetric_product_is_the_weighted_gram_in_blocks(columns):
+  """Blocks on and above the diagonal, the rest mirrored: ``x^T W x`` of a float64 loop, for
+  one block, equal blocks and uneven ones."""
+  from impjax.scores import activations  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(columns)
+  x = rng.standard_normal((37, columns)).astype(np.float32)
+  w = rng.uniform(0.0, 2.0, (37, 1)).astype(np.float32)
+  got = eager_and_jit(activations.symmetric_product, w * x, x, rtol=1e-6, atol=1e-5)
+  expected = sum(w[r, 0] * np.outer(x[r], x[r]) for r in range(37))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_block_influence(acts):
   a, mask = acts
   b_out = a + np.random.default_rng(1).standard_normal(a.shape).astype(np.float32)

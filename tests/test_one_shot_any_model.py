@@ -240,9 +240,14 @@ def test_segments_chain_to_the_model_and_host_values_are_numpy():
   live = seg.start(member.inputs, host=True)
   captured = {}
   for i in range(len(seg)):
+    ends, alone = seg.run(i, member.params, live, ends=False)  # the moments alone
     live, m = seg.run(i, member.params, live, host=True)
     assert all(isinstance(v, np.ndarray) for v in live)
+    assert ends == []
+    chex.assert_trees_all_close(alone, m, rtol=1e-6, atol=1e-6)
     captured.update(m.sq)
+  with pytest.raises(ValueError, match="computes nothing"):
+    seg.run(0, member.params, seg.start(member.inputs), capture=False, ends=False)
   np.testing.assert_allclose(live[0], member.apply(member.params, *member.inputs), rtol=1e-5,
                              atol=1e-5)
   whole = structure.input_moments(member.apply, member.params, *member.inputs)

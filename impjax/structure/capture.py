@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impjax import tree_utils
+from impjax.scores import activations
 from impjax.structure import compaction
 from impjax.structure import tracing
 
@@ -124,7 +125,7 @@ class Capturing(compaction.Evaluator):
     if self.gram:  # the contracted dims in the leaf's axis order, flattened: (rows, C)
       order = tuple(act_dims[i] for i in np.argsort(leaf_axes))
       flatten = lambda v: jnp.transpose(v, others + order).reshape(math.prod(row_shape), -1)
-      new["gram"] = flatten(wx).T @ flatten(x)
+      new["gram"] = activations.symmetric_product(flatten(wx), flatten(x))
     self._add(use.path, new)
 
   def reset(self, token_mask: Any) -> None:

@@ -297,8 +297,9 @@ def prune_sequential(fn: Callable[..., Any], params: tree_utils.Params, s: Struc
   def block_moments(i, current):
     if not cut:  # the whole model, re-run on the calibration batches
       return capture_lib.batch_moments(fn, current, batches, gram=gram, token_masks=token_masks)
-    return capture_lib.sum_moments(seg.run(i, current, live, gram=gram, token_mask=mask)[1]
-                                   for seg, live, mask in zip(segs, lives, token_masks))
+    return capture_lib.sum_moments(
+        seg.run(i, current, live, gram=gram, token_mask=mask, ends=False)[1]
+        for seg, live, mask in zip(segs, lives, token_masks))
 
   current = params
   masks: dict[str, jax.Array] = {}

@@ -138,15 +138,15 @@ class Segments:
         return it
     return None
 
-  def _program(self, i: int, capture: bool, gram: bool, middle: bool):
+  def _program(self, i: int, capture: bool, gram: bool, ends: bool, middle: bool):
     """Segment ``i``'s compiled program, ``(flat params, live, token_mask, iteration)``;
     ``middle``: it runs a middle iteration alone (:meth:`_middle_iteration`)."""
-    key = (("scan", self.steps[self.bounds[i]][0]) if middle else i, capture, gram)
+    key = (("scan", self.steps[self.bounds[i]][0]) if middle else i, capture, gram, ends)
     if key not in self._programs:
-      self._programs[key] = self._compile(i, capture, gram, middle)
+      self._programs[key] = self._compile(i, capture, gram, ends, middle)
     return self._programs[key]
 
-  def _compile(self, i: int, capture: bool, gram: bool, traced_iteration: bool):
+  def _compile(self, i: int, capture: bool, gram: bool, ends: bool, traced_iteration: bool):
     jaxpr = self.t.jaxpr.jaxpr
     shapes = {p: tuple(v.aval.shape) for p, v in zip(self.t.paths, jaxpr.invars)}
     evaluator = capture_lib.Capturing(self.t, shapes, gram, capture)
@@ -177,20 +177,25 @@ class Segments:
         if it == p["length"] - 1:
           env.update(zip(eqn.outvars, state))
           state = []
-      ends = self.live[i + 1] if i + 1 < len(self) else jaxpr.outvars
-      return [read(v) for v in ends] + state, evaluator.stats
+      if not ends:  # the moments alone: what only feeds the end values is left out
+        return [], evaluator.stats
+      end = self.live[i + 1] if i + 1 < len(self) else jaxpr.outvars
+      return [read(v) for v in end] + state, evaluator.stats
     return segment
 
   def run(self, i: int, params: tree_utils.Params, live: list, *, gram: bool = False,
-          token_mask: Any = None, capture: bool = True, host: bool = False
-          ) -> tuple[list, capture_lib.Moments | None]:
+          token_mask: Any = None, capture: bool = True, ends: bool = True,
+          host: bool = False) -> tuple[list, capture_lib.Moments | None]:
     """Segment ``i`` on one batch's ``live`` values with ``params``: ``(the values live at its
-    end — the model's outputs after the last segment —, the input moments of its kernels, or
-    None without ``capture``)``. A stacked kernel's moments from one iteration of its scan are
-    that layer's alone, without the layer axis."""
+    end — the model's outputs after the last segment; ``[]`` with ``ends=False``, which leaves
+    out the work that only they need —, the input moments of its kernels, or None without
+    ``capture``)``. A stacked kernel's moments from one iteration of its scan are that layer's
+    alone, without the layer axis."""
+    if not (capture or ends):
+      raise ValueError("A segment run with capture=False and ends=False computes nothing.")
     flat = jax.tree.leaves(params)
     middle = self._middle_iteration(i)
-    program = self._program(i, capture, gram, middle is not None)
+    program = self._program(i, capture, gram, ends, middle is not None)
     ends, stats = program(flat, live, token_mask, jnp.int32(middle or 0))
     ends = jax.device_get(ends) if host else ends
     return ends, capture_lib.to_moments(self.t, stats) if capture else None
