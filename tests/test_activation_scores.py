@@ -7,6 +7,7 @@ import pytest
 
 from impjax import pruning
 from impjax import scores
+from impjax.scores import activations
 from tests.helpers import eager_and_jit
 
 TOL = dict(rtol=1e-6, atol=1e-7)  # eager against jitted
@@ -46,7 +47,6 @@ def test_token_gram(acts):
 def test_symmetric_product_is_the_weighted_gram_in_blocks(columns):
   """Blocks on and above the diagonal, the rest mirrored: ``x^T W x`` of a float64 loop, for
   one block, equal blocks and uneven ones."""
-  from impjax.scores import activations  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(columns)
   x = rng.standard_normal((37, columns)).astype(np.float32)
   w = rng.uniform(0.0, 2.0, (37, 1)).astype(np.float32)

@@ -196,9 +196,9 @@ class Segments:
     flat = jax.tree.leaves(params)
     middle = self._middle_iteration(i)
     program = self._program(i, capture, gram, ends, middle is not None)
-    ends, stats = program(flat, live, token_mask, jnp.int32(middle or 0))
-    ends = jax.device_get(ends) if host else ends
-    return ends, capture_lib.to_moments(self.t, stats) if capture else None
+    values, stats = program(flat, live, token_mask, jnp.int32(middle or 0))
+    values = jax.device_get(values) if host else values
+    return values, capture_lib.to_moments(self.t, stats) if capture else None
 
   def outputs(self, params: tree_utils.Params, live: list) -> list:
     """The model's flat outputs from the values live at the start of the last segment."""
