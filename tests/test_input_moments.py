@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from impjax import structure
+from impjax.structure import capture
 from impjax import tree_utils
 from impjax.models import zoo
 
@@ -22,18 +23,21 @@ def _sq(x, contracted):
   return (x ** 2).sum(axis=others), int(np.prod([x.shape[a] for a in others]))
 
 
-def _gram(x, contracted):
-  """``x^T x`` of ``x`` flattened to (rows, the contracted axes in the given order)."""
+def _gram(x, contracted, weight=None):
+  """``sum_r w_r x_r x_r^T`` of ``x`` flattened to (rows, the contracted axes in the given
+  order), ``w`` the rows' weights (ones when not given)."""
   x = np.asarray(x, np.float64)
   flat = np.moveaxis(x, [a % x.ndim for a in contracted],
                      range(x.ndim - len(contracted), x.ndim)).reshape(
       -1, int(np.prod([x.shape[a] for a in contracted])))
-  return flat.T @ flat
+  weight = np.ones(len(flat)) if weight is None else np.asarray(weight, np.float64).ravel()
+  return flat.T @ (flat * weight[:, None])
 
 
-def _linen_reference(member, grams=None):
+def _linen_reference(member, grams=None, inputs=None, weight=None):
   """``{kernel path: (sq, rows)}`` from the inputs of every Dense / DenseGeneral call (and
-  their Gram matrices into ``grams``)."""
+  their Gram matrices, rows weighted by ``weight``, into ``grams``) on ``inputs`` (the
+  member's own when not given)."""
   seen = {}
 
   def record(next_fun, args, kwargs, context):
@@ -44,13 +48,13 @@ def _linen_reference(member, grams=None):
       sq, rows = _sq(args[0], axis)
       path = "/".join(module.path) + "/kernel"
       if grams is not None:
-        grams[path] = grams.get(path, 0.0) + _gram(args[0], axis)
+        grams[path] = grams.get(path, 0.0) + _gram(args[0], axis, weight)
       old = seen.get(path)
       seen[path] = (sq, rows) if old is None else (old[0] + sq, old[1] + rows)
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    member.apply(member.params, *member.inputs)
+    member.apply(member.params, *(member.inputs if inputs is None else inputs))
   return seen
 
 
@@ -71,6 +75,40 @@ def test_linen_kernel_inputs_equal_the_layers_own(name):
   jitted = jax.jit(lambda p, *x: structure.input_moments(member.apply, p, *x))(
       member.params, *member.inputs)
   assert jitted.missing == m.missing and jitted.axes == m.axes
+
+
+def test_gram_rows_are_the_weighted_rows_padded_to_a_bucket():
+  mask = np.zeros((8, 64))
+  mask[:, :17] = 1.0  # 136 real rows of 512: 256 kept, the last 120 a zero-weight row
+  rows = capture.gram_rows(mask)
+  real = np.flatnonzero(mask.ravel())
+  assert rows.dtype == np.int32 and rows.shape == (256,)
+  np.testing.assert_array_equal(rows[:136], real)
+  assert (mask.ravel()[rows[136:]] == 0).all()
+  assert capture.gram_rows(np.ones((8, 64))) is None  # nothing to leave out
+  assert capture.gram_rows(np.pad(np.ones((8, 57)), ((0, 0), (0, 7)))) is None  # 456 of 512
+  assert capture.gram_rows(None) is None
+  jax.jit(lambda m: capture.gram_rows(m) is None or pytest.fail("traced mask"))(mask)
+
+
+def test_a_concrete_token_mask_leaves_its_zero_rows_out_of_the_gram_alone():
+  member = zoo.build("lm")
+  ids = jnp.tile(member.inputs[0], (72, 1))  # 144 x 12: 1728 rows
+  lengths = np.random.default_rng(0).integers(1, ids.shape[1] + 1, ids.shape[0])
+  mask = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.float32)
+  mask[0, 0] = 0.5  # a weight, not only 0 / 1
+  assert len(capture.gram_rows(mask)) < mask.size
+  moments = lambda m: structure.input_moments(member.apply, member.params, ids, gram=True,
+                                              token_mask=m)
+  compact, traced = moments(mask), jax.jit(moments)(mask)  # traced: every row multiplied
+  grams = {}
+  _linen_reference(member, grams, (ids,), mask)
+  assert sorted(compact.gram) == sorted(grams)
+  for path, want in grams.items():
+    np.testing.assert_allclose(compact.gram[path], want, rtol=1e-4, atol=1e-3, err_msg=path)
+    np.testing.assert_allclose(compact.gram[path], traced.gram[path], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(compact.sq[path], traced.sq[path], rtol=1e-6)
+    assert float(compact.count[path]) == float(mask.sum())
 
 
 def _stacked(looped, depth):

@@ -81,6 +81,7 @@ class Capturing(compaction.Evaluator):
     super().__init__(t, {})
     self.gram = gram
     self.token_mask = None  # set per run: (batch, tokens) weights of the rows, or None
+    self.rows = None  # set per run: the rows the Gram matrices sum (gram_rows), or None
     self.sites = {u.site: u for u in t.uses if capture and u.kind == "dot"
                   and u.activation is not None and not u.batch}
     self.shapes = leaf_shapes
@@ -125,13 +126,19 @@ class Capturing(compaction.Evaluator):
     if self.gram:  # the contracted dims in the leaf's axis order, flattened: (rows, C)
       order = tuple(act_dims[i] for i in np.argsort(leaf_axes))
       flatten = lambda v: jnp.transpose(v, others + order).reshape(math.prod(row_shape), -1)
-      new["gram"] = activations.symmetric_product(flatten(wx), flatten(x))
+      if self.rows is None:
+        new["gram"] = activations.symmetric_product(flatten(wx), flatten(x))
+      else:  # the weighted rows alone (the others add zeros)
+        rows = flatten(x)[self.rows]
+        new["gram"] = activations.symmetric_product(rows * weight.reshape(-1, 1)[self.rows], rows)
     self._add(use.path, new)
 
-  def reset(self, token_mask: Any) -> None:
-    """Empties the sums before a run, with the run's row weights (or ``None``)."""
+  def reset(self, token_mask: Any, rows: Any = None) -> None:
+    """Empties the sums before a run, with the run's row weights (or ``None``) and the rows
+    the Gram matrices sum (:func:`gram_rows`, or ``None`` for all)."""
     self.stats = {}
     self.token_mask = None if token_mask is None else jnp.asarray(token_mask, jnp.float32)
+    self.rows = rows
 
   def _add(self, path: str, new: dict) -> None:
     old = self.stats.get(path)
@@ -157,6 +164,30 @@ class Capturing(compaction.Evaluator):
     return list(carry) + list(ys)
 
 
+_ROW_BUCKET = 128
+
+
+def gram_rows(token_mask: Any) -> np.ndarray | None:
+  """The rows of a concrete ``token_mask`` (flattened) that the Gram matrices need: those of
+  nonzero weight, padded to a multiple of 128 with a zero-weight row (so batches alike share a
+  compiled program); ``None`` where that leaves out less than an eighth of the rows, or the
+  mask is traced or absent.
+
+  Example:
+    >>> gram_rows(np.array([[1, 1, 0, 0]] * 64)).shape  # 128 of 256 rows
+    (128,)
+  """
+  if token_mask is None or isinstance(token_mask, jax.core.Tracer):
+    return None
+  flat = np.asarray(token_mask).reshape(-1)
+  real = np.flatnonzero(flat)
+  size = -(-len(real) // _ROW_BUCKET) * _ROW_BUCKET
+  if size > flat.size * 7 // 8:
+    return None
+  padding = np.full(size - len(real), np.flatnonzero(flat == 0)[0])
+  return np.concatenate([real, padding]).astype(np.int32)
+
+
 def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: Any,
                   gram: bool = False, token_mask: Any = None) -> Moments:
   """The squared-input sums (and with ``gram`` the Gram matrices) of every kernel of
@@ -175,7 +206,8 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
     token_mask: weights of the rows (e.g. an attention mask ``(batch, tokens)``, nonzero for
       real tokens): every kernel's input rows are weighted by it, and ``count`` sums it; its
       axes must lead each input's row axes, in order (``ValueError`` naming the kernel where
-      its size does not match).
+      its size does not match). A concrete mask's zero-weight rows are left out of the Gram
+      matrices' products (:func:`gram_rows`).
 
   Returns:
     The :class:`Moments`.
@@ -185,12 +217,13 @@ def input_moments(fn: Callable[..., Any], params: tree_utils.Params, *inputs: An
   capturing = Capturing(t, leaf_shapes, gram)
 
   @jax.jit
-  def run(flat, token_mask):  # one compiled program, also when called eagerly
-    capturing.reset(token_mask)
+  def run(flat, token_mask, rows):  # one compiled program, also when called eagerly
+    capturing.reset(token_mask, rows)
     capturing.run(t.jaxpr.jaxpr, (), flat, t.jaxpr.consts)
     return capturing.stats
 
-  return to_moments(t, run(jax.tree.leaves(params) + jax.tree.leaves(inputs), token_mask))
+  rows = gram_rows(token_mask) if gram else None
+  return to_moments(t, run(jax.tree.leaves(params) + jax.tree.leaves(inputs), token_mask, rows))
 
 
 def to_moments(t: tracing.Trace, stats: dict[str, dict[str, jax.Array]]) -> Moments:

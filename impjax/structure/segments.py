@@ -139,8 +139,8 @@ class Segments:
     return None
 
   def _program(self, i: int, capture: bool, gram: bool, ends: bool, middle: bool):
-    """Segment ``i``'s compiled program, ``(flat params, live, token_mask, iteration)``;
-    ``middle``: it runs a middle iteration alone (:meth:`_middle_iteration`)."""
+    """Segment ``i``'s compiled program, ``(flat params, live, token_mask, Gram rows,
+    iteration)``; ``middle``: it runs a middle iteration alone (:meth:`_middle_iteration`)."""
     key = (("scan", self.steps[self.bounds[i]][0]) if middle else i, capture, gram, ends)
     if key not in self._programs:
       self._programs[key] = self._compile(i, capture, gram, ends, middle)
@@ -153,12 +153,12 @@ class Segments:
     lo, hi = self.bounds[i], self.bounds[i + 1]
 
     @jax.jit
-    def segment(flat_params, live, token_mask, iteration):
+    def segment(flat_params, live, token_mask, rows, iteration):
       env = dict(zip(jaxpr.invars[:self.num_params], flat_params))
       env.update(zip(self.live[i], live))
       state = list(live[len(self.live[i]):])  # a cut scan's carry and stacked outputs
       read = lambda v: v.val if isinstance(v, core.Literal) else env[v]
-      evaluator.reset(token_mask)
+      evaluator.reset(token_mask, rows)
       for k, it in self.steps[lo:hi]:
         eqn = jaxpr.eqns[k]
         args = [read(v) for v in eqn.invars]
@@ -196,7 +196,8 @@ class Segments:
     flat = jax.tree.leaves(params)
     middle = self._middle_iteration(i)
     program = self._program(i, capture, gram, ends, middle is not None)
-    values, stats = program(flat, live, token_mask, jnp.int32(middle or 0))
+    rows = capture_lib.gram_rows(token_mask) if capture and gram else None
+    values, stats = program(flat, live, token_mask, rows, jnp.int32(middle or 0))
     values = jax.device_get(values) if host else values
     return values, capture_lib.to_moments(self.t, stats) if capture else None
 
