@@ -21,6 +21,9 @@ config (``configs/default.py``) and builders (``launch/train.py``). It provides:
   (the main job's dense phase) and :func:`empirical_fisher`;
 * mixed precision: the bit choices, budgets and scheme both mixed-precision benchmarks use,
   :func:`uniform_bits` and :func:`lowering_bits`;
+* one-shot pruning: :func:`trained_decoder` (the decoder benchmarks' model, trained by the
+  language-modelling protocol) and :func:`input_spread` (how unequal each kernel's input
+  channels are, and how much Wanda's mask differs from per-output magnitude's);
 * MiniLM: :func:`params_of`, :func:`nonzero_params`, :func:`time_ratio`, :class:`Evaluation`
   (dense reference embeddings and a pruned model's metrics against them),
   :func:`evaluation_sets`, :func:`source_sentences`, :func:`one_shot_kwargs`, :func:`metric_key`,
@@ -64,10 +67,13 @@ from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-p
 from impjax import quantization  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import select  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import structure  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.data import language_modeling as lm  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.flax import training  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax.models import zoo  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.transforms import layer_stack  # pylint: disable=g-import-not-at-top,wrong-import-position
 from launch import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -606,3 +612,57 @@ def one_shot_kwargs(sparsity) -> dict:
   if isinstance(sparsity, str):
     return {"n_of_m": tuple(int(v) for v in sparsity.split(":"))}
   return {"sparsity": sparsity}
+
+
+class TrainedDecoder(NamedTuple):
+  """:func:`trained_decoder`'s model: the zoo member, its chosen params, the protocol's splits,
+  the validation curve ``[(step, perplexity)]`` and the protocol."""
+  member: Any
+  params: Any
+  data: Any
+  curve: list
+  protocol: Any
+
+
+def trained_decoder(steps: int, quick: bool, seed: int) -> TrainedDecoder:
+  """The zoo's small Gemma-style decoder trained from scratch by the language-modelling
+  protocol (quick: 64 evaluation and 32 validation sequences): AdamW, warm-up and cosine decay
+  from 2e-3 over ``steps``, batch 32, the params of the lowest validation perplexity
+  (evaluated every 100 steps, quick 20; stopped after 3 without a new best)."""
+  protocol = lm.Protocol(evaluation_sequences=64 if quick else 512,
+                         validation_sequences=32 if quick else 128, seed=seed)
+  data = lm.splits(protocol)
+  member = zoo.build("gemma", "small", seed=seed)
+  assert member.config.vocab_size == protocol.vocab_size
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, min(100, steps // 10), steps)
+  params, curve = lm.train_to_best(member.apply, member.params, data.train, data.validation,
+                                   optax.adamw(schedule, weight_decay=0.01), steps,
+                                   every=20 if quick else 100, patience=3, seed=seed)
+  return TrainedDecoder(member, params, data, curve, protocol)
+
+
+def input_spread(params: Any, moments: structure.Moments, s: structure.Structure,
+                 sparsity: float = 0.5) -> dict[str, dict[str, float]]:
+  """Per pruned kernel: ``max_over_median``, the largest input channel's RMS over the median
+  channel's; ``cv``, the channels' RMS standard deviation over their mean; and
+  ``wanda_vs_magnitude``, the share of the kernel's entries that Wanda's keep mask at
+  ``sparsity`` and per-output magnitude's (Wanda with every channel's norm equal) disagree on.
+  Near-equal channels leave Wanda little to add to magnitude."""
+  equal = moments.replace(sq={p: jnp.broadcast_to(
+      moments.count[p].reshape(np.shape(moments.count[p]) + (1,) * (
+          v.ndim - np.ndim(moments.count[p]))), v.shape) for p, v in moments.sq.items()})
+  _, wanda = structure.prune_kernels(params, moments, s, "wanda", sparsity=sparsity)
+  _, magnitude = structure.prune_kernels(params, equal, s, "wanda", sparsity=sparsity)
+  wanda, magnitude = (tree_utils.leaves_by_path(m) for m in (wanda, magnitude))
+  out = {}
+  for path, sq in moments.sq.items():
+    if np.ndim(wanda[path]) == 0:  # left dense
+      continue
+    count = np.asarray(moments.count[path], np.float64)
+    rms = np.sqrt(np.asarray(sq, np.float64).reshape(count.size, -1)
+                  / np.maximum(count.reshape(-1, 1), 1.0))
+    out[path] = {"max_over_median": float(np.mean(rms.max(1) / np.median(rms, 1))),
+                 "cv": float(np.mean(rms.std(1) / rms.mean(1))),
+                 "wanda_vs_magnitude": float(np.mean(np.asarray(wanda[path])
+                                                     != np.asarray(magnitude[path])))}
+  return out

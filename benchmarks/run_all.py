@@ -42,6 +42,7 @@ BENCHMARKS = (
     "quality/dare_minilm",
     "quality/minilm_recovery",
     "quality/decoder_pruning",
+    "quality/input_spread",
 )
 """Every benchmark, as ``folder/name`` under ``benchmarks/``; ``--only`` takes the names."""
 

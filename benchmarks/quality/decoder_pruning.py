@@ -45,7 +45,6 @@ from impjax import structure  # pylint: disable=g-import-not-at-top,wrong-import
 from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import tree_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.data import language_modeling as lm  # pylint: disable=g-import-not-at-top,wrong-import-position
-from impjax.models import zoo  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SPEED_SIZES = (1024, 2048, 4096)
 QUICK_SPEED_SIZES = (256, 512)
@@ -82,16 +81,8 @@ def main():
     return
   steps = args.steps or (40 if args.quick else 1500)
   recovery_steps = args.recovery_steps or (5 if args.quick else 100)
-  protocol = lm.Protocol(evaluation_sequences=64 if args.quick else 512,
-                         validation_sequences=32 if args.quick else 128, seed=args.seed)
   started = time.time()
-  data = lm.splits(protocol)
-  member = zoo.build("gemma", "small", seed=args.seed)
-  assert member.config.vocab_size == protocol.vocab_size
-  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, min(100, steps // 10), steps)
-  params, curve = lm.train_to_best(member.apply, member.params, data.train, data.validation,
-                                   optax.adamw(schedule, weight_decay=0.01), steps,
-                                   every=20 if args.quick else 100, patience=3, seed=args.seed)
+  member, params, data, curve, protocol = harness.trained_decoder(steps, args.quick, args.seed)
   chosen = min(curve, key=lambda c: c[1])
   print("validation perplexity by step:", [(n, round(p, 2)) for n, p in curve])
   ppl = lambda p: lm.perplexity(member.apply, p, data.evaluation)
