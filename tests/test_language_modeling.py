@@ -78,6 +78,27 @@ def test_training_stops_at_the_best_validation_perplexity_after_patience_runs_ou
   assert curve[-1][1] == pytest.approx(lm.perplexity(apply, want, seqs), rel=1e-6)
 
 
+def test_training_and_perplexity_compile_once_per_model_and_optimizer():
+  traces = []
+
+  def apply(p, ids):
+    traces.append(ids.shape)  # runs only while jax traces
+    return jnp.broadcast_to(p, ids.shape + p.shape)
+
+  seqs, tx = np.zeros((8, 4), np.int32), optax.sgd(0.5)
+  params, state = lm.train(apply, jnp.zeros(3), seqs, tx, 3, batch_size=4, progress=False)
+  assert len(traces) == 1
+  params, state = lm.train(apply, params, seqs, tx, 3, batch_size=4, opt_state=state,
+                           progress=False)
+  assert len(traces) == 1  # the same (apply, tx): the compiled step is reused
+  ppl = [lm.perplexity(apply, params, seqs, batch_size=4) for _ in range(2)]
+  assert len(traces) == 2 and ppl[0] == ppl[1]
+  lm.train(apply, params, seqs, optax.sgd(0.1), 1, batch_size=4, progress=False)
+  assert len(traces) == 3  # a new optimizer is a new program
+  eager = np.exp(-np.mean(np.asarray(jax.nn.log_softmax(params))[0]))  # always token 0
+  assert ppl[0] == pytest.approx(float(eager), rel=1e-6)
+
+
 def test_perplexity_equals_its_formula():
   rng = np.random.default_rng(0)
   table = jnp.asarray(rng.standard_normal((300, 300)), jnp.float32)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -142,18 +143,33 @@ def next_token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
   return -jnp.sum(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_nll(apply, params, ids):
+  """:func:`next_token_nll` of ``apply(params, ids)``, compiled once per ``apply``."""
+  return next_token_nll(apply(params, ids), ids)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_step(apply, tx, params, opt_state, ids):
+  """One optax step on the mean next-token loss, compiled once per ``(apply, tx)`` and shapes."""
+  loss = lambda p: next_token_nll(apply(p, ids), ids) / (ids.shape[0] * (ids.shape[1] - 1))
+  value, grads = jax.value_and_grad(loss)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, value
+
+
 def perplexity(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray,
                batch_size: int = 32) -> float:
   """``exp`` of the mean next-token negative log-likelihood of ``apply(params, ids)`` (logits
-  ``(batch, seq_len, vocab)``) over ``sequences``, in jitted batches.
+  ``(batch, seq_len, vocab)``) over ``sequences``, in jitted batches (compiled once per
+  ``apply`` and batch shape, so repeated calls on the same model reuse the program).
 
   Example:
     >>> apply = lambda p, ids: jnp.zeros(ids.shape + (8,))  # uniform over 8 tokens
     >>> round(perplexity(apply, None, np.zeros((3, 5), np.int32), batch_size=2), 4)
     8.0
   """
-  nll = jax.jit(lambda p, ids: next_token_nll(apply(p, ids), ids))
-  total = sum(float(nll(params, jnp.asarray(sequences[i:i + batch_size])))
+  total = sum(float(_batch_nll(apply, params, jnp.asarray(sequences[i:i + batch_size])))
               for i in range(0, len(sequences), batch_size))
   return float(np.exp(total / (len(sequences) * (sequences.shape[1] - 1))))
 
@@ -162,15 +178,9 @@ def train(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray, t
           steps: int, batch_size: int = 32, seed: int = 0, opt_state: Any = None,
           progress: bool = True) -> tuple[Any, Any]:
   """``(params, opt_state)`` after ``steps`` of next-token training with the optax ``tx`` on
-  batches drawn (seeded, reshuffled every epoch) from ``sequences``."""
-  loss = lambda p, ids: next_token_nll(apply(p, ids), ids) / (ids.shape[0] * (ids.shape[1] - 1))
-
-  @jax.jit
-  def step(params, opt_state, ids):
-    value, grads = jax.value_and_grad(loss)(params, ids)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
-
+  batches drawn (seeded, reshuffled every epoch) from ``sequences``. The step is compiled once
+  per ``(apply, tx)`` and batch shape: call again with the same ``apply`` and ``tx`` objects
+  to continue without recompiling."""
   opt_state = tx.init(params) if opt_state is None else opt_state
   rng, order = np.random.default_rng(seed), np.zeros(0, np.int64)
   bar = tqdm(range(steps), desc="train", disable=not progress)
@@ -178,7 +188,8 @@ def train(apply: Callable[..., jax.Array], params: Any, sequences: np.ndarray, t
     if len(order) < batch_size:
       order = np.concatenate([order, rng.permutation(len(sequences))])
     batch, order = order[:batch_size], order[batch_size:]
-    params, opt_state, value = step(params, opt_state, jnp.asarray(sequences[batch]))
+    params, opt_state, value = _train_step(apply, tx, params, opt_state,
+                                           jnp.asarray(sequences[batch]))
     if i % 50 == 0:
       bar.set_postfix(loss=f"{float(value):.3f}")
   return params, opt_state
