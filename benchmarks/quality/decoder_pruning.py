@@ -1,5 +1,6 @@
 """One-shot pruning of a Gemma-style decoder trained on the project's English text: perplexity
-of magnitude, Wanda, RIA, DSnoT, SparseGPT and OWL at 50/60/70% and 2:4, and after recovery
+of magnitude, Wanda, RIA, DSnoT, SparseGPT and OWL (its defaults, and its lambda and M chosen on
+validation) at 50/60/70% and 2:4, and after recovery
 fine-tuning with the masks held.
 
 What it measures: the zoo's small Gemma-style decoder (``zoo.build("gemma", "small")``: RMSNorm,
@@ -11,8 +12,10 @@ of the lowest perplexity on the protocol's 128 validation sequences, evaluated e
 training stopped after 3 evaluations without a new best: ``lm.train_to_best``; the evaluation
 sequences are read only after training). Each method prunes
 every kernel but the tied embedding layer after layer (``structure.prune_sequential``) from the protocol's 128
-calibration sequences; OWL is Wanda at ``structure.owl_sparsities`` (lambda 0.08, M 5), DSnoT
-Wanda's masks refined by its swaps (unstructured only).
+calibration sequences; ``owl`` is Wanda at ``structure.owl_sparsities`` with the paper's lambda
+0.08 and M 5; ``owl_tuned`` at the lambda in (0.02, 0.04, 0.08, 0.16) and M in (3, 5, 7, 10)
+of the lowest perplexity on the 128 validation sequences (as the paper tunes them per model),
+chosen per sparsity; DSnoT is Wanda's masks refined by its swaps (unstructured only).
 Perplexity on the protocol's 512 evaluation sequences. Recovery: Wanda and SparseGPT at 50%,
 70% and 2:4 fine-tuned for ``--recovery-steps`` (AdamW 3e-4) with ``transforms.hold_masks``,
 every pruned weight checked still zero, beside the dense model fine-tuned alike (its perplexity
@@ -49,7 +52,10 @@ from impjax.data import language_modeling as lm  # pylint: disable=g-import-not-
 SPEED_SIZES = (1024, 2048, 4096)
 QUICK_SPEED_SIZES = (256, 512)
 SPARSITIES = (0.5, 0.6, 0.7, "2:4")
-METHODS = ("magnitude", "wanda", "ria", "dsnot", "sparsegpt", "owl")
+METHODS = ("magnitude", "wanda", "ria", "dsnot", "sparsegpt", "owl", "owl_tuned")
+OWL_DEFAULT = {"lam": 0.08, "outlier": 5.0}
+OWL_GRID = [{"lam": lam, "outlier": m} for m in (3.0, 5.0, 7.0, 10.0)
+            for lam in (0.02, 0.04, 0.08, 0.16)]
 RECOVERED = {("wanda", 0.5), ("wanda", 0.7), ("wanda", "2:4"), ("sparsegpt", 0.5),
              ("sparsegpt", 0.7), ("sparsegpt", "2:4")}
 
@@ -96,36 +102,46 @@ def main():
   print(f"dense fine-tuned like the recovery: perplexity {dense_finetuned:.2f}", flush=True)
   s = structure.discover(member.apply, params, *member.inputs)
   calibration = [(data.calibration[i:i + 32],) for i in range(0, len(data.calibration), 32)]
+  moments = structure.batch_moments(member.apply, params, calibration)
+  owl_wanda = lambda sparsity, hyper: structure.prune_sequential(
+      member.apply, params, s, calibration, "wanda", progress=False,
+      sparsity=structure.owl_sparsities(params, moments, s, sparsity, **hyper))
+  validation = lambda p: lm.perplexity(member.apply, p, data.validation)
   results = []
   for sparsity in SPARSITIES[::2] if args.quick else SPARSITIES:
     kwargs = harness.one_shot_kwargs(sparsity)
     for method in args.methods:
       if method == "dsnot" and isinstance(sparsity, str):
         continue  # DSnoT refines unstructured masks
-      if method == "owl":
+      hyper = None
+      if method.startswith("owl"):
         if isinstance(sparsity, str):
           continue
-        moments = structure.batch_moments(member.apply, params, calibration)
-        kwargs = {"sparsity": structure.owl_sparsities(params, moments, s, sparsity)}
-      pruned, masks = structure.prune_sequential(
-          member.apply, params, s, calibration, "wanda" if method == "owl" else method,
-          progress=False, **kwargs)
+        hyper = OWL_DEFAULT if method == "owl" else min(
+            OWL_GRID, key=lambda h: validation(owl_wanda(sparsity, h)[0]))
+        pruned, masks = owl_wanda(sparsity, hyper)
+      else:
+        pruned, masks = structure.prune_sequential(member.apply, params, s, calibration, method,
+                                                   progress=False, **kwargs)
       row = {"method": method, "sparsity": sparsity, "perplexity": ppl(pruned),
-             "recovered_perplexity": None, "pruned_nonzero": None}
+             "recovered_perplexity": None, "pruned_nonzero": None, "owl": hyper}
       if (method, sparsity) in RECOVERED:
         recovered = finetune(pruned, transforms.hold_masks(recovery_tx(), masks))
         row["recovered_perplexity"] = ppl(recovered)
         row["pruned_nonzero"] = pruned_nonzero(recovered, masks)
       results.append(row)
       print(f"{method:9s} {str(sparsity):4s} perplexity {row['perplexity']:9.2f}"
+            + (f" (lambda {hyper['lam']}, M {hyper['outlier']:g})" if hyper else "")
             + (f" -> recovered {row['recovered_perplexity']:.2f}"
                if row["recovered_perplexity"] is not None else "")
             + f"  ({time.time() - started:.0f}s)", flush=True)
   print(harness.format_table(
-      ["method", "sparsity", "perplexity", "recovered", "pruned nonzero"],
+      ["method", "sparsity", "perplexity", "recovered", "pruned nonzero", "owl lambda, M"],
       [[r["method"], r["sparsity"], f"{r['perplexity']:.2f}",
         "" if r["recovered_perplexity"] is None else f"{r['recovered_perplexity']:.2f}",
-        "" if r["pruned_nonzero"] is None else r["pruned_nonzero"]] for r in results]))
+        "" if r["pruned_nonzero"] is None else r["pruned_nonzero"],
+        "" if r["owl"] is None else f"{r['owl']['lam']}, {r['owl']['outlier']:g}"]
+       for r in results]))
   harness.write_json(args.json, {
       "dense_perplexity": dense, "dense_finetuned_perplexity": dense_finetuned,
       "results": results, "sparsegpt_speed": speed, "steps": chosen[0], "most_steps": steps,
