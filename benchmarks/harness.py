@@ -614,6 +614,28 @@ def one_shot_kwargs(sparsity) -> dict:
   return {"sparsity": sparsity}
 
 
+class MiniLMFunction(NamedTuple):
+  """:func:`minilm_function`'s MiniLM as any model: ``apply(params, ids, mask)``, its params,
+  the calibration batches as ``apply``'s inputs, their token masks, and the structure
+  discovered from ``apply``."""
+  apply: Callable
+  params: Any
+  inputs: list
+  token_masks: list
+  structure: structure.Structure
+
+
+def minilm_function(model, token_batches: Sequence[dict]) -> MiniLMFunction:
+  """MiniLM as a plain function of its params, with ``token_batches`` (``{"ids", "mask"}``)
+  as the inputs that ``structure.prune_sequential`` and ``batch_moments`` take."""
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  apply = lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)
+  inputs = [(b["ids"], b["mask"]) for b in token_batches]
+  return MiniLMFunction(apply, params, inputs, [b["mask"] for b in token_batches],
+                        structure.discover(apply, params, *inputs[0]))
+
+
 class TrainedDecoder(NamedTuple):
   """:func:`trained_decoder`'s model: the zoo member, its chosen params, the protocol's splits,
   the validation curve ``[(step, perplexity)]`` and the protocol."""

@@ -117,9 +117,11 @@ def main():
       if method.startswith("owl"):
         if isinstance(sparsity, str):
           continue
-        hyper = OWL_DEFAULT if method == "owl" else min(
-            OWL_GRID, key=lambda h: validation(owl_wanda(sparsity, h)[0]))
-        pruned, masks = owl_wanda(sparsity, hyper)
+        if method == "owl":
+          hyper, (pruned, masks) = OWL_DEFAULT, owl_wanda(sparsity, OWL_DEFAULT)
+        else:  # the grid point of the lowest validation perplexity, pruned once
+          hyper, (pruned, masks) = min(((h, owl_wanda(sparsity, h)) for h in OWL_GRID),
+                                       key=lambda tried: validation(tried[1][0]))
       else:
         pruned, masks = structure.prune_sequential(member.apply, params, s, calibration, method,
                                                    progress=False, **kwargs)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import sys
 
-from flax import nnx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,16 +41,10 @@ COLUMNS = ("max_over_median", "cv", "wanda_vs_magnitude")
 
 def minilm_spread(seed: int) -> dict:
   model, tok = minilm.load_pretrained(max_length=128)
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  apply = lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)
   sentences = harness.source_sentences("reference", seed)[:128]
-  token_batches = minilm.token_batches(tok, sorted(sentences, key=len), 32)
-  batches = [(b["ids"], b["mask"]) for b in token_batches]
-  s = structure.discover(apply, params, *batches[0])
-  moments = structure.batch_moments(apply, params, batches,
-                                    token_masks=[b["mask"] for b in token_batches])
-  return harness.input_spread(params, moments, s)
+  f = harness.minilm_function(model, minilm.token_batches(tok, sorted(sentences, key=len), 32))
+  moments = structure.batch_moments(f.apply, f.params, f.inputs, token_masks=f.token_masks)
+  return harness.input_spread(f.params, moments, f.structure)
 
 
 def decoder_spread(steps: int, quick: bool, seed: int) -> dict:

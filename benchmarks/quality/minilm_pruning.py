@@ -170,19 +170,15 @@ def structured_rows(label, model, unit_scores, keep_counts, evaluate, kind="mlp"
 def owl_models(model, batches, sparsities):
   """``(("owl wanda" | "owl sparsegpt", sparsity), model)`` at every unstructured sparsity,
   with OWL's per-layer sparsities from the dense model's calibration moments."""
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  apply = lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)
-  inputs = [(b["ids"], b["mask"]) for b in batches]
-  masks = [b["mask"] for b in batches]
-  s = structure.discover(apply, params, *inputs[0])
-  moments = structure.batch_moments(apply, params, inputs, token_masks=masks)
+  f = harness.minilm_function(model, batches)
+  moments = structure.batch_moments(f.apply, f.params, f.inputs, token_masks=f.token_masks)
   for sparsity in (v for v in sparsities if not isinstance(v, str)):
-    owl = structure.owl_sparsities(params, moments, s, sparsity)
+    owl = structure.owl_sparsities(f.params, moments, f.structure, sparsity)
     print(f"  OWL at {sparsity}: " + " ".join(f"{k} {v:.3f}" for k, v in owl.items()))
     for method in ("wanda", "sparsegpt"):
-      pruned, _ = structure.prune_sequential(apply, params, s, inputs, method, sparsity=owl,
-                                             token_masks=masks, progress=False)
+      pruned, _ = structure.prune_sequential(f.apply, f.params, f.structure, f.inputs, method,
+                                             sparsity=owl, token_masks=f.token_masks,
+                                             progress=False)
       yield (f"owl {method}", sparsity), minilm.from_params(model.config, pruned)
 
 
@@ -303,8 +299,7 @@ def main() -> None:
         f"{len(sets['docstrings'][0])} docstring pairs; dense retrieval top-1 "
         f"{dense['retrieval_top1']:.4f} and {dense['docstrings_retrieval_top1']:.4f}, dense "
         f"params {dense['params']}")
-  sparsities = args.sparsities
-  one_shot, hits = one_shot_rows(model, one_shot_batches, evaluate, sparsities, started)
+  one_shot, hits = one_shot_rows(model, one_shot_batches, evaluate, args.sparsities, started)
   structured = []
   if not args.one_shot_only:
     cal_batches = [b for b in batches if b["ids"].shape[0] == 32]
@@ -313,7 +308,7 @@ def main() -> None:
     structured += amp_rows(model, search_batch, mlp_scores["entropy_taylor"], evaluate,
                            args.quick)
   results = [{"method": "dense", "sparsity": 0.0, **dense}] + one_shot + structured
-  paired = paired_rows(hits, sparsities, sets)
+  paired = paired_rows(hits, args.sparsities, sets)
   print_tables(results, paired, structured)
   print(f"\ntotal {time.time() - started:.0f}s")
   harness.write_json(args.json, {"port_max_abs_diff": port_diff, "results": results,

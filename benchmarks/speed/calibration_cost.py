@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import sys
 
-from flax import nnx
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,19 +41,15 @@ def main():
   args = parser.parse_args()
   rounds = args.rounds or (1 if args.quick else 3)
   model, tok = minilm.load_pretrained(max_length=128)
-  graphdef, state = nnx.split(model)
-  params = nnx.to_pure_dict(state)
-  apply = lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)
   sentences = harness.source_sentences("reference", args.seed)[:32 if args.quick else 128]
   token_batches = minilm.token_batches(tok, sorted(sentences, key=len), 32)
-  batches = [(b["ids"], b["mask"]) for b in token_batches]
-  masks = [b["mask"] for b in token_batches]
-  s = structure.discover(apply, params, *batches[0])
-  forward = jax.jit(apply)
-  calls = {"forward": lambda i: [forward(params, *b) for b in batches]}
+  f = harness.minilm_function(model, token_batches)
+  forward = jax.jit(f.apply)
+  calls = {"forward": lambda i: [forward(f.params, *b) for b in f.inputs]}
   for method in METHODS:
     calls[method] = lambda i, m=method: structure.prune_sequential(
-        apply, params, s, batches, m, sparsity=0.5, token_masks=masks, progress=False)
+        f.apply, f.params, f.structure, f.inputs, m, sparsity=0.5, token_masks=f.token_masks,
+        progress=False)
     calls[f"layerwise {method}"] = lambda i, m=method: pruning.prune_layerwise(
         model, token_batches, m, sparsity=0.5, progress=False)[1]
   harness.interleaved(calls, 1, progress="compiling")
@@ -63,7 +58,7 @@ def main():
   dense = seconds["forward"]
   cost = {m: seconds[m] / dense for m in METHODS}
   layerwise = {m: seconds[f"layerwise {m}"] / dense for m in METHODS}
-  print(f"{len(sentences)} sentences, {sum(int(m.sum()) for m in masks)} tokens")
+  print(f"{len(sentences)} sentences, {sum(int(m.sum()) for m in f.token_masks)} tokens")
   print(harness.format_table(
       ["method", "generic s", "over forward", "layer-wise s", "over forward"],
       [["forward", dense, 1.0, "", ""]]
